@@ -14,10 +14,8 @@ import time
 
 from xmc.cli import add_config_arguments, config_from_args, run_cli
 from xmc.config import ConfigError, resolve_path
-from xmc.data.dataset import PreparedDataset
 from xmc.data.prepare import prepare_dataset
 from xmc.experiment import ExperimentConfig
-from xmc.models.encoder import resolve_model_dir
 
 
 def main() -> int:
@@ -35,11 +33,20 @@ def main() -> int:
         raise ConfigError("give --source and --out (or a --config whose dataset section sets source and prepared)")
 
     started = time.perf_counter()
-    manifest, changed = prepare_dataset(resolve_path(source), resolve_path(out))
+    manifest, changed = prepare_dataset(resolve_path(source), resolve_path(out), config.dataset.allow_empty_text)
     status = "prepared" if changed else "up to date (no-op)"
     print(f"{status}: {resolve_path(out)} in {time.perf_counter() - started:.1f}s")
     print(json.dumps(manifest["counts"]))
+    for split, stats in manifest["splits"].items():
+        if stats["duplicate_labels_merged"]:
+            print(f"note: {split}: a label listed twice was merged on {stats['duplicate_labels_merged']} row(s), "
+                  f"source lines {stats['duplicate_labels_merged_at_lines'][:10]}")
+        if stats["empty_titles"]:
+            print(f"note: {split}: {stats['empty_titles']} row(s) have an empty title (dataset.allow_empty_text)")
     if not args.no_tokens:
+        from xmc.data.dataset import PreparedDataset
+        from xmc.models.encoder import resolve_model_dir  # imports torch: only when tokenising
+
         dataset = PreparedDataset(resolve_path(out))
         cache = dataset.token_cache(resolve_model_dir(config.encoder.model), config.dataset.max_len,
                                     config.dataset.query_text, config.dataset.label_text, progress=not args.quiet)

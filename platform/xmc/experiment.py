@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from xmc.data.config import DatasetConfig
 from xmc.evaluation.config import EvalConfig
-from xmc.models.encoder import EncoderConfig
+from xmc.models.config import EncoderConfig
 
 
 @dataclass(kw_only=True)

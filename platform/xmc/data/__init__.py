@@ -1,8 +1,5 @@
-"""Data: readers for the LF raw-text and sparse layouts, the prepared dataset, token caches."""
+"""Data: readers for the LF raw-text and sparse layouts, the prepared dataset, token caches.
 
-from xmc.data.config import DatasetConfig
-from xmc.data.dataset import PreparedDataset
-from xmc.data.errors import DataError
-from xmc.data.prepare import prepare_dataset
-
-__all__ = ["DataError", "DatasetConfig", "PreparedDataset", "prepare_dataset"]
+Submodules are imported directly (``from xmc.data.prepare import prepare_dataset``) so that preparing
+data never pays for importing torch.
+"""

@@ -22,6 +22,8 @@ class DatasetConfig:
         query_text: ``title`` or ``title+content`` (content appended when non-empty; "Titles" sets use title).
         label_text: the same choice for label texts (LF label text is usually the title).
         propensity_a, propensity_b: Jain et al. constants (Amazon 0.6/2.6, Wikipedia 0.5/0.4, else 0.55/1.5).
+        allow_empty_text: keep points/labels whose title (sparse layout: text line) is empty instead of
+            rejecting the file; they are counted in the manifest.
     """
 
     name: str = ""
@@ -32,6 +34,7 @@ class DatasetConfig:
     label_text: TextFields = "title"
     propensity_a: float = DEFAULT_A
     propensity_b: float = DEFAULT_B
+    allow_empty_text: bool = False
 
     def validate(self) -> None:
         if self.max_len < 2:

@@ -102,10 +102,14 @@ def source_fingerprint(layout: SourceLayout) -> dict[str, dict]:
             for p in layout.all_files()}
 
 
-def _split_stats(rows: int, label_counts: np.ndarray, labels_per_point_max: int, empty: int) -> dict:
+def _split_stats(rows: int, label_counts: np.ndarray, labels_per_point_max: int, empty: int,
+                 empty_titles: int, duplicate_lines: list[int]) -> dict:
     pairs = int(label_counts.sum())
     return {
         "points": rows,
+        "empty_titles": empty_titles,
+        "duplicate_labels_merged_at_lines": duplicate_lines[:100],
+        "duplicate_labels_merged": len(duplicate_lines),
         "pairs": pairs,
         "labels_per_point": round(pairs / rows, 4) if rows else 0.0,
         "max_labels_per_point": labels_per_point_max,
@@ -116,9 +120,9 @@ def _split_stats(rows: int, label_counts: np.ndarray, labels_per_point_max: int,
     }
 
 
-def _write_labels(layout: SourceLayout, path: Path, chunk_rows: int) -> int:
-    reader = (read_lf_labels(layout.labels, chunk_rows) if layout.kind == "lf-json"
-              else read_sparse_labels(layout.labels, chunk_rows))
+def _write_labels(layout: SourceLayout, path: Path, chunk_rows: int, allow_empty_text: bool) -> int:
+    reader = (read_lf_labels(layout.labels, chunk_rows, allow_empty_text) if layout.kind == "lf-json"
+              else read_sparse_labels(layout.labels, chunk_rows, allow_empty_text))
     count = 0
     with pq.ParquetWriter(path, LABEL_SCHEMA) as writer:
         for chunk in reader:
@@ -130,11 +134,16 @@ def _write_labels(layout: SourceLayout, path: Path, chunk_rows: int) -> int:
     return count
 
 
-def _write_points(layout: SourceLayout, split: str, num_labels: int, path: Path, chunk_rows: int) -> dict:
-    reader = (read_lf_points(layout.points[split], num_labels, chunk_rows) if layout.kind == "lf-json"
-              else read_sparse_points(layout.points[split], layout.texts[split], num_labels, chunk_rows))
+def _write_points(layout: SourceLayout, split: str, num_labels: int, path: Path, chunk_rows: int,
+                  allow_empty_text: bool) -> dict:
+    if layout.kind == "lf-json":
+        reader = read_lf_points(layout.points[split], num_labels, chunk_rows, allow_empty_text)
+    else:
+        reader = read_sparse_points(layout.points[split], layout.texts[split], num_labels, chunk_rows,
+                                    allow_empty_text)
     label_counts = np.zeros(num_labels, dtype=np.int64)
-    rows = empty = max_per_point = 0
+    rows = empty = max_per_point = empty_titles = 0
+    duplicate_lines: list[int] = []
     with pq.ParquetWriter(path, POINT_SCHEMA) as writer:
         for chunk in reader:
             writer.write_table(pa.table({
@@ -146,10 +155,12 @@ def _write_points(layout: SourceLayout, split: str, num_labels: int, path: Path,
             sizes = [len(ids) for ids in chunk.label_ids]
             rows += len(chunk)
             empty += sizes.count(0)
+            empty_titles += sum(1 for title in chunk.title if not title.strip())
+            duplicate_lines.extend(chunk.duplicate_lines)
             max_per_point = max(max_per_point, max(sizes))
     if rows == 0:
         raise DataError(layout.points[split], 1, "no data points; expected at least one line")
-    return _split_stats(rows, label_counts, max_per_point, empty)
+    return _split_stats(rows, label_counts, max_per_point, empty, empty_titles, duplicate_lines)
 
 
 def _write_filter(path_in: Path, num_rows: int, num_labels: int, path_out: Path) -> int:
@@ -167,31 +178,36 @@ def read_manifest(out: Path) -> dict | None:
         return None
 
 
-def _is_current(out: Path, fingerprint: dict) -> bool:
+def _is_current(out: Path, fingerprint: dict, options: dict) -> bool:
     manifest = read_manifest(out)
     if manifest is None or manifest.get("schema_version") != SCHEMA_VERSION:
         return False
-    if manifest.get("source", {}).get("files") != fingerprint:
+    if manifest.get("source", {}).get("files") != fingerprint or manifest.get("options") != options:
         return False
     return all((out / name).is_file() and (out / name).stat().st_size == meta["bytes"]
                for name, meta in manifest.get("files", {}).items())
 
 
-def prepare_dataset(source: str | os.PathLike, out: str | os.PathLike,
+def prepare_dataset(source: str | os.PathLike, out: str | os.PathLike, allow_empty_text: bool = False,
                     chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[dict, bool]:
-    """Prepare ``source`` into ``out``. Returns ``(manifest, changed)``; ``changed`` is False for a no-op."""
+    """Prepare ``source`` into ``out``. Returns ``(manifest, changed)``; ``changed`` is False for a no-op.
+
+    ``allow_empty_text`` keeps rows whose title is empty (counted in the manifest) instead of failing.
+    """
     source, out = Path(source), Path(out)
     layout = detect_layout(source)
     fingerprint = source_fingerprint(layout)
-    if _is_current(out, fingerprint):
+    options = {"allow_empty_text": allow_empty_text}
+    if _is_current(out, fingerprint, options):
         return read_manifest(out), False
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and read_manifest(out) is None)):
         raise DataError(out, None, "exists and is not a prepared dataset; refusing to overwrite it "
                                    "(choose an empty or new --out directory)")
 
     with atomic_dir(out) as tmp:
-        num_labels = _write_labels(layout, tmp / "labels.parquet", chunk_rows)
-        splits = {split: _write_points(layout, split, num_labels, tmp / f"{split}.parquet", chunk_rows)
+        num_labels = _write_labels(layout, tmp / "labels.parquet", chunk_rows, allow_empty_text)
+        splits = {split: _write_points(layout, split, num_labels, tmp / f"{split}.parquet", chunk_rows,
+                                       allow_empty_text)
                   for split in ("train", "test")}
         filters = {}
         for split, path in layout.filters.items():
@@ -206,6 +222,7 @@ def prepare_dataset(source: str | os.PathLike, out: str | os.PathLike,
             "counts": {"train": splits["train"]["points"], "test": splits["test"]["points"], "labels": num_labels,
                        **{f"filter_{s}": n for s, n in filters.items()}},
             "splits": splits,
+            "options": options,
             "source": {"dir": str(source.resolve()), "files": fingerprint},
             "files": files,
         }

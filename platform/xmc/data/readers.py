@@ -27,7 +27,7 @@ from pathlib import Path
 
 from xmc.data.errors import DataError
 
-DEFAULT_CHUNK_ROWS = 16384
+DEFAULT_CHUNK_ROWS = 8192  # rows per Parquet row group; bounds the Python objects alive at once
 
 LF_FILES = {"train": "trn.json.gz", "test": "tst.json.gz", "labels": "lbl.json.gz"}
 SPARSE_FILES = {"train": "trn_X_Y.txt", "test": "tst_X_Y.txt"}
@@ -44,9 +44,21 @@ class PointChunk:
     content: list[str] = field(default_factory=list)
     label_ids: list[list[int]] = field(default_factory=list)
     label_rel: list[list[float]] = field(default_factory=list)
+    #: 1-based lines in this chunk where a label was listed twice (merged into one entry)
+    duplicate_lines: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.uid)
+
+    def append(self, uid: str, title: str, content: str, ids: list[int], rel: list[float], lineno: int) -> None:
+        if len(set(ids)) != len(ids):
+            ids, rel = _merge_duplicates(ids, rel)
+            self.duplicate_lines.append(lineno)
+        self.uid.append(uid)
+        self.title.append(title)
+        self.content.append(content)
+        self.label_ids.append(ids)
+        self.label_rel.append(rel)
 
 
 @dataclass
@@ -101,7 +113,10 @@ def _uid(value, path: Path, lineno: int) -> str:
     return str(value)
 
 
-def _text(obj: dict, key: str, path: Path, lineno: int, required: bool) -> str:
+EMPTY_TEXT_HINT = "(set dataset.allow_empty_text to keep such rows)"
+
+
+def _text(obj: dict, key: str, path: Path, lineno: int, required: bool, allow_empty: bool = False) -> str:
     if key not in obj or obj[key] is None:
         if required:
             raise DataError(path, lineno, f"missing field '{key}'; expected a non-empty string")
@@ -109,8 +124,8 @@ def _text(obj: dict, key: str, path: Path, lineno: int, required: bool) -> str:
     value = obj[key]
     if not isinstance(value, str):
         raise DataError(path, lineno, f"field '{key}' must be a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise DataError(path, lineno, f"empty '{key}'; expected a non-empty string")
+    if required and not allow_empty and not value.strip():
+        raise DataError(path, lineno, f"empty '{key}'; expected a non-empty string {EMPTY_TEXT_HINT}")
     return value
 
 
@@ -132,11 +147,16 @@ def _relevance(value, path: Path, lineno: int) -> float:
     return float(value)
 
 
-def _check_unique(labels: list[int], path: Path, lineno: int) -> None:
-    if len(set(labels)) != len(labels):
-        seen: set[int] = set()
-        dup = next(x for x in labels if x in seen or seen.add(x))
-        raise DataError(path, lineno, f"label {dup} is listed twice; expected each label once per point")
+def _merge_duplicates(ids: list[int], rel: list[float]) -> tuple[list[int], list[float]]:
+    """One entry per label, in first-seen order, with the largest relevance given to it.
+
+    Real files contain the odd repeated label (Reuters-21578 has one in each split); it means the same
+    thing as listing it once, so it is merged (and counted in the manifest) rather than rejected.
+    """
+    merged: dict[int, float] = {}
+    for label, value in zip(ids, rel):
+        merged[label] = max(value, merged.get(label, value))
+    return list(merged), list(merged.values())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -154,7 +174,8 @@ def _json_object(line: str, path: Path, lineno: int) -> dict:
     return obj
 
 
-def read_lf_labels(path: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[LabelChunk]:
+def read_lf_labels(path: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS, allow_empty_text: bool = False
+                   ) -> Iterator[LabelChunk]:
     """Labels of ``lbl.json.gz``: line i (0-based) is label i."""
     chunk = LabelChunk()
     for lineno, line in iter_lines(path):
@@ -164,7 +185,7 @@ def read_lf_labels(path: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator
         if "uid" not in obj:
             raise DataError(path, lineno, "missing field 'uid'")
         chunk.uid.append(_uid(obj["uid"], path, lineno))
-        chunk.title.append(_text(obj, "title", path, lineno, required=True))
+        chunk.title.append(_text(obj, "title", path, lineno, required=True, allow_empty=allow_empty_text))
         chunk.content.append(_text(obj, "content", path, lineno, required=False))
         if len(chunk) >= chunk_rows:
             yield chunk
@@ -173,8 +194,13 @@ def read_lf_labels(path: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator
         yield chunk
 
 
-def read_lf_points(path: Path, num_labels: int, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[PointChunk]:
-    """Data points of ``trn.json.gz`` / ``tst.json.gz``, with labels checked against ``num_labels``."""
+def read_lf_points(path: Path, num_labels: int, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                   allow_empty_text: bool = False) -> Iterator[PointChunk]:
+    """Data points of ``trn.json.gz`` / ``tst.json.gz``, with labels checked against ``num_labels``.
+
+    An empty title is an error unless ``allow_empty_text`` (some real sets, e.g. Reuters-21578, contain
+    documents with neither title nor body; they stay in the data as real test points).
+    """
     chunk = PointChunk()
     for lineno, line in iter_lines(path):
         if not line.strip():
@@ -183,7 +209,7 @@ def read_lf_points(path: Path, num_labels: int, chunk_rows: int = DEFAULT_CHUNK_
         if "uid" not in obj:
             raise DataError(path, lineno, "missing field 'uid'")
         uid = _uid(obj["uid"], path, lineno)
-        title = _text(obj, "title", path, lineno, required=True)
+        title = _text(obj, "title", path, lineno, required=True, allow_empty=allow_empty_text)
         content = _text(obj, "content", path, lineno, required=False)
         if "target_ind" not in obj:
             raise DataError(path, lineno, "missing field 'target_ind'; expected a list of label indices")
@@ -191,7 +217,6 @@ def read_lf_points(path: Path, num_labels: int, chunk_rows: int = DEFAULT_CHUNK_
         if not isinstance(raw_ids, list):
             raise DataError(path, lineno, f"field 'target_ind' must be a list of label indices, got {raw_ids!r}")
         ids = [_label_index(v, num_labels, path, lineno, "target_ind value") for v in raw_ids]
-        _check_unique(ids, path, lineno)
         raw_rel = obj.get("target_rel")
         if raw_rel is None:
             rel = [1.0] * len(ids)
@@ -200,11 +225,7 @@ def read_lf_points(path: Path, num_labels: int, chunk_rows: int = DEFAULT_CHUNK_
                 raise DataError(path, lineno, f"field 'target_rel' must be a list as long as 'target_ind' "
                                               f"({len(ids)}), got {raw_rel!r}")
             rel = [_relevance(v, path, lineno) for v in raw_rel]
-        chunk.uid.append(uid)
-        chunk.title.append(title)
-        chunk.content.append(content)
-        chunk.label_ids.append(ids)
-        chunk.label_rel.append(rel)
+        chunk.append(uid, title, content, ids, rel, lineno)
         if len(chunk) >= chunk_rows:
             yield chunk
             chunk = PointChunk()
@@ -227,12 +248,14 @@ def read_sparse_header(path: Path) -> tuple[int, int]:
     raise DataError(path, 1, "empty file; expected a 'num_rows num_labels' header")
 
 
-def read_text_lines(path: Path, what: str, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[list[str]]:
-    """Non-empty texts, one per line (the sparse layout's ``raw/*.txt``)."""
+def read_text_lines(path: Path, what: str, chunk_rows: int = DEFAULT_CHUNK_ROWS, allow_empty_text: bool = False
+                    ) -> Iterator[list[str]]:
+    """Texts, one per line (the sparse layout's ``raw/*.txt``); empty ones only with ``allow_empty_text``."""
     chunk: list[str] = []
     for lineno, line in iter_lines(path):
-        if not line.strip():
-            raise DataError(path, lineno, f"empty {what} text; expected one non-empty text per line")
+        if not allow_empty_text and not line.strip():
+            raise DataError(path, lineno, f"empty {what} text; expected one non-empty text per line "
+                                          f"{EMPTY_TEXT_HINT}")
         chunk.append(line)
         if len(chunk) >= chunk_rows:
             yield chunk
@@ -241,10 +264,11 @@ def read_text_lines(path: Path, what: str, chunk_rows: int = DEFAULT_CHUNK_ROWS)
         yield chunk
 
 
-def read_sparse_labels(text_path: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[LabelChunk]:
+def read_sparse_labels(text_path: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS, allow_empty_text: bool = False
+                       ) -> Iterator[LabelChunk]:
     """Labels of ``raw/Y.txt``: uid = the 0-based line number."""
     row = 0
-    for texts in read_text_lines(text_path, "label", chunk_rows):
+    for texts in read_text_lines(text_path, "label", chunk_rows, allow_empty_text):
         chunk = LabelChunk(uid=[str(row + i) for i in range(len(texts))], title=texts, content=[""] * len(texts))
         row += len(texts)
         yield chunk
@@ -267,18 +291,18 @@ def _parse_sparse_row(line: str, num_labels: int, path: Path, lineno: int) -> tu
             rel.append(_relevance(float(value), path, lineno))
         except ValueError:
             raise DataError(path, lineno, f"value {value!r} of label {index} is not a number") from None
-    _check_unique(ids, path, lineno)
     return ids, rel
 
 
 def read_sparse_points(matrix_path: Path, text_path: Path, num_labels: int,
-                       chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[PointChunk]:
+                       chunk_rows: int = DEFAULT_CHUNK_ROWS, allow_empty_text: bool = False
+                       ) -> Iterator[PointChunk]:
     """Points of ``*_X_Y.txt`` zipped with their texts; header counts must agree with the file contents."""
     num_rows, header_labels = read_sparse_header(matrix_path)
     if header_labels != num_labels:
         raise DataError(matrix_path, 1, f"header says {header_labels} labels but the label file has "
                                         f"{num_labels}; expected the same count")
-    texts = (t for chunk in read_text_lines(text_path, "point", chunk_rows) for t in chunk)
+    texts = (t for chunk in read_text_lines(text_path, "point", chunk_rows, allow_empty_text) for t in chunk)
     chunk = PointChunk()
     row = 0
     for lineno, line in iter_lines(matrix_path):
@@ -292,11 +316,7 @@ def read_sparse_points(matrix_path: Path, text_path: Path, num_labels: int,
         if text is None:
             raise DataError(text_path, row + 1, f"missing text: {matrix_path.name} has more rows than this file "
                                                 "has lines; expected one text per row")
-        chunk.uid.append(str(row))
-        chunk.title.append(text)
-        chunk.content.append("")
-        chunk.label_ids.append(ids)
-        chunk.label_rel.append(rel)
+        chunk.append(str(row), text, "", ids, rel, lineno)
         row += 1
         if len(chunk) >= chunk_rows:
             yield chunk

@@ -18,14 +18,16 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 from tqdm.auto import tqdm
 
 from xmc.io import atomic_dir, write_json
+
+if TYPE_CHECKING:
+    import torch
 
 SPLITS = ("train", "test", "labels")
 _BATCH = 4096
@@ -93,8 +95,10 @@ class TokenCache:
             self._arrays[split] = (ids, lengths)
         return self._arrays[split]
 
-    def batch(self, split: str, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, split: str, rows: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor"]:
         """``(input_ids, attention_mask)`` for ``rows``, cut to the longest of them."""
+        import torch
+
         ids, lengths = self.arrays(split)
         rows = np.asarray(rows, dtype=np.int64)
         row_lengths = lengths[rows]

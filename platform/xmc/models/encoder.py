@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -20,27 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xmc.config import ConfigError, resolve_path
+from xmc.models.config import DEFAULT_MODEL, EncoderConfig
 
-DEFAULT_MODEL = "default"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                     "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
-
-
-@dataclass(kw_only=True)
-class EncoderConfig:
-    """The shared query/label encoder.
-
-    Args:
-        model: ``default`` (the packaged all-MiniLM-L6-v2) or the path of a Hugging Face model directory.
-        pooling: ``mean`` over non-padding tokens (sentence-transformers style) or ``cls`` (first token).
-        batch_size: texts per forward pass when encoding for search/evaluation.
-        dtype: ``auto`` = float32 on CPU, bfloat16 on CUDA.
-    """
-
-    model: str = DEFAULT_MODEL
-    pooling: Literal["mean", "cls"] = "mean"
-    batch_size: int = 256
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -141,6 +122,12 @@ def encode_tokens(embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], i
             out[positions] = emb
             bar.update(len(batch))
     return out
+
+
+def tokenize_texts(tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids int32 [n, max_len], lengths int32 [n])``: the token-cache layout, for texts not in a cache."""
+    enc = tokenizer(texts, truncation=True, max_length=max_len, padding="max_length", return_tensors="np")
+    return enc["input_ids"].astype(np.int32), enc["attention_mask"].sum(axis=1).astype(np.int32)
 
 
 def default_device() -> torch.device:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install the project with its test tools. Idempotent: reinstalls only when
+# pyproject.toml changed. torch is pinned to 2.13.0 here and in pyproject.toml: an unpinned torch pulls
+# several GB of CUDA wheels on CPU machines.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+python=${PYTHON:-python3}
+"$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "xmc-platform needs Python >= 3.10")'
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+stamp=.venv/.xmc-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet "torch==2.13.0"
+  .venv/bin/python -m pip install --quiet -e ".[test]" "torch==2.13.0"
+  touch "$stamp"
+fi

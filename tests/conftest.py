@@ -1,0 +1,85 @@
+"""Shared fixtures: paths to the real data sets beside the repository, and subsets of them.
+
+Tests run on the real data in ``../shared/data`` (``XMC_SHARED_DATA`` overrides the location); subsets
+keep the slow parts (encoding, training) short.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("XMC_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# The same settings as ../shared/ray-loopback.env, for any test that starts Ray or loads a model.
+LOOPBACK_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "no_proxy": "127.0.0.1,localhost,::1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+os.environ.update(LOOPBACK_ENV)
+
+
+def shared_set(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not (path / "lbl.json.gz").is_file():
+        pytest.fail(f"real data set {name} not found at {path}; tests need ../shared/data beside the repository "
+                    "(or XMC_SHARED_DATA)")
+    return path
+
+
+def read_lines(path: Path) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return handle.read().splitlines()
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("".join(line + "\n" for line in lines))
+
+
+def write_lf_subset(source: Path, dest: Path, n_train: int | None, n_test: int | None) -> Path:
+    """First ``n_train``/``n_test`` points of a real LF set, all of its labels (label ids unchanged)."""
+    write_lines(dest / "lbl.json.gz", read_lines(source / "lbl.json.gz"))
+    write_lines(dest / "trn.json.gz", read_lines(source / "trn.json.gz")[:n_train])
+    write_lines(dest / "tst.json.gz", read_lines(source / "tst.json.gz")[:n_test])
+    return dest
+
+
+def run_job(script: str, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run ``jobs/<script>`` as a user would, from the repository root."""
+    proc = subprocess.run([sys.executable, str(REPO / "jobs" / script), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **LOOPBACK_ENV})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def cooking_source() -> Path:
+    return shared_set("cooking-stackexchange")
+
+
+@pytest.fixture(scope="session")
+def cooking_prepared(tmp_path_factory, cooking_source) -> Path:
+    """The full cooking-stackexchange set, prepared once per session (about a second)."""
+    from xmc.data.prepare import prepare_dataset
+
+    out = tmp_path_factory.mktemp("prepared") / "cooking-stackexchange"
+    prepare_dataset(cooking_source, out)
+    return out

@@ -1,0 +1,73 @@
+"""The encoder: equal to sentence-transformers for the default model; any HF model directory works."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xmc.config import ConfigError
+from xmc.data.dataset import PreparedDataset
+from xmc.models.encoder import (TextEncoder, encode_tokens, load_tokenizer, normalized, resolve_model_dir,
+                                tokenize_texts, tokenizer_id)
+
+
+@pytest.fixture(scope="module")
+def default_encoder():
+    return TextEncoder(resolve_model_dir("default")).eval()
+
+
+def test_matches_sentence_transformers(default_encoder, cooking_prepared):
+    from sentence_transformers import SentenceTransformer
+
+    dataset = PreparedDataset(cooking_prepared)
+    texts = dataset.texts("test")[:48] + dataset.texts("labels")[:16]
+    reference = SentenceTransformer(str(resolve_model_dir("default")), device="cpu").encode(
+        texts, normalize_embeddings=True, convert_to_numpy=True)
+    ids, lengths = tokenize_texts(load_tokenizer(default_encoder.model_dir), texts, max_len=128)
+    ours = encode_tokens(normalized(default_encoder), ids, lengths, batch_size=20)
+    assert ours.shape == reference.shape == (64, 384)
+    np.testing.assert_allclose(ours, reference, atol=2e-5)
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_batching_and_length_sorting_do_not_change_vectors(default_encoder, cooking_prepared):
+    cache = PreparedDataset(cooking_prepared).token_cache(default_encoder.model_dir, 48, "title", "title",
+                                                          progress=False)
+    ids, lengths = cache.arrays("test")
+    rows = np.array([5, 900, 17, 2999, 42, 1000])
+    batched = encode_tokens(normalized(default_encoder), ids, lengths, batch_size=4, rows=rows)
+    one_by_one = np.concatenate([encode_tokens(normalized(default_encoder), ids, lengths, batch_size=1,
+                                               rows=np.array([r])) for r in rows])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_bf16_autocast_stays_close_to_fp32(default_encoder, cooking_prepared):
+    """The GPU path encodes in bf16; on CPU autocast exercises the same code and must stay close."""
+    cache = PreparedDataset(cooking_prepared).token_cache(default_encoder.model_dir, 48, "title", "title",
+                                                          progress=False)
+    ids, lengths = cache.arrays("labels")
+    rows = np.arange(32)
+    fp32 = encode_tokens(normalized(default_encoder), ids, lengths, rows=rows)
+    bf16 = encode_tokens(normalized(default_encoder), ids, lengths, rows=rows, dtype=torch.bfloat16)
+    cosine = (fp32 * bf16).sum(axis=1)
+    assert cosine.min() > 0.98
+
+
+def test_any_hugging_face_model_directory(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    tokenizer = load_tokenizer(resolve_model_dir("default"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(tmp_path / "tiny-bert")
+    tokenizer.save_pretrained(tmp_path / "tiny-bert")
+    model_dir = resolve_model_dir(str(tmp_path / "tiny-bert"))
+    encoder = TextEncoder(model_dir, pooling="cls").eval()
+    ids, lengths = tokenize_texts(load_tokenizer(model_dir), ["salt in bread", "how long to boil eggs"], 16)
+    out = encode_tokens(normalized(encoder), ids, lengths)
+    assert out.shape == (2, 32)
+    assert tokenizer_id(model_dir).startswith("tiny-bert-")
+    with pytest.raises(ConfigError, match="is not a Hugging Face model directory"):
+        resolve_model_dir(str(tmp_path / "nowhere"))
