@@ -9,10 +9,16 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
+# ../shared/ray-loopback.env points HTTP proxies at a closed local port; pip must not inherit that.
+unset_closed_proxies=()
+for var in http_proxy https_proxy HTTP_PROXY HTTPS_PROXY; do
+  case "${!var:-}" in *127.0.0.1:9*) unset_closed_proxies+=(-u "$var") ;; esac
+done
+pip() { env "${unset_closed_proxies[@]}" .venv/bin/python -m pip "$@"; }
 stamp=.venv/.xmc-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e ".[test]" "torch==2.13.0"
+  pip install --quiet --upgrade pip
+  pip install --quiet "torch==2.13.0"
+  pip install --quiet -e ".[test]" "torch==2.13.0"
   touch "$stamp"
 fi
