@@ -30,6 +30,7 @@ LOOPBACK_ENV = {
     "https_proxy": "http://127.0.0.1:9",
     "no_proxy": "127.0.0.1,localhost,::1",
     "TOKENIZERS_PARALLELISM": "false",
+    "XMC_RAY_DASHBOARD": "0",
 }
 os.environ.update(LOOPBACK_ENV)
 

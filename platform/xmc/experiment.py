@@ -10,11 +10,21 @@ from dataclasses import dataclass, field
 
 from xmc.data.config import DatasetConfig
 from xmc.evaluation.config import EvalConfig
-from xmc.models.config import EncoderConfig
+from xmc.losses.config import LossConfig
+from xmc.mining.config import MiningConfig
+from xmc.models.config import EncoderConfig, HeadsConfig
+from xmc.training.config import RunSection, TrainConfig
+from xmc.training.pool import PoolConfig
 
 
 @dataclass(kw_only=True)
 class ExperimentConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    model: HeadsConfig = field(default_factory=HeadsConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunSection = field(default_factory=RunSection)

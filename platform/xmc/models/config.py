@@ -16,10 +16,42 @@ class EncoderConfig:
         model: ``default`` (the packaged all-MiniLM-L6-v2) or the path of a Hugging Face model directory.
         pooling: ``mean`` over non-padding tokens (sentence-transformers style) or ``cls`` (first token).
         batch_size: texts per forward pass when encoding for search/evaluation.
-        dtype: ``auto`` = float32 on CPU, bfloat16 on CUDA.
+        dtype: ``auto`` = float32 on CPU, bfloat16 on CUDA (inference).
+        length_group_rows: run larger batches as length-sorted groups of this many texts (0 = off).
     """
 
     model: str = DEFAULT_MODEL
     pooling: Literal["mean", "cls"] = "mean"
     batch_size: int = 256
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    length_group_rows: int = 64
+
+
+@dataclass(kw_only=True)
+class HeadsConfig:
+    """Heads on top of the shared encoder.
+
+    Args:
+        de_dim: output size of the dual-encoder projection (0 = the encoder's hidden size).
+        de_activation: ``tanh`` after the projection (UniDEC) or ``none``.
+        dropout: dropout after the projections and on classifier rows during training.
+        classifier: train a per-label classifier table and a query classifier head next to the DE.
+        clf_dim: classifier width (0 = the encoder's hidden size).
+        clf_init: ``label_text`` (each row starts as its label's zero-shot embedding, so the classifier
+            starts where the dual encoder does) or ``xavier`` (UniDEC's random start).
+        scale: similarity scale 1/τ applied to both heads' cosines (18 ≈ τ 0.056).
+    """
+
+    de_dim: int = 0
+    de_activation: Literal["tanh", "none"] = "tanh"
+    dropout: float = 0.1
+    classifier: bool = True
+    clf_dim: int = 0
+    clf_init: Literal["label_text", "xavier"] = "label_text"
+    scale: float = 18.0
+
+    def validate(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.scale <= 0:
+            raise ValueError(f"model.scale must be > 0, got {self.scale}")

@@ -65,22 +65,45 @@ def inference_dtype(setting: str, device: torch.device) -> torch.dtype:
 
 
 class TextEncoder(nn.Module):
-    """A Hugging Face backbone plus pooling: ``(input_ids, attention_mask) -> (batch, hidden)``."""
+    """A Hugging Face backbone plus pooling: ``(input_ids, attention_mask) -> (batch, hidden)``.
 
-    def __init__(self, model_dir: Path, pooling: str = "mean"):
+    Batches larger than ``group_rows`` are run as length-sorted groups, each cut to its own longest text:
+    the output is the same (padding is masked) but a batch padded to one long title no longer costs as
+    if every text were that long (about 2x fewer tokens on real title data).
+    """
+
+    def __init__(self, model_dir: Path, pooling: str = "mean", group_rows: int = 64):
         super().__init__()
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         self.model_dir = Path(model_dir)
         self.backbone = AutoModel.from_pretrained(str(model_dir))
+        if getattr(self.backbone, "pooler", None) is not None:
+            # BERT-style models carry a [CLS] pooler that neither pooling here uses; left in, it costs
+            # compute and gets no gradient, which DDP rejects as an unused parameter.
+            self.backbone.pooler = None
         self.pooling = pooling
+        self.group_rows = group_rows
         self.hidden_size = int(self.backbone.config.hidden_size)
 
     @classmethod
     def from_config(cls, config: EncoderConfig) -> "TextEncoder":
-        return cls(resolve_model_dir(config.model), config.pooling)
+        return cls(resolve_model_dir(config.model), config.pooling, config.length_group_rows)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self.group_rows or len(input_ids) <= self.group_rows:
+            return self._pooled(input_ids, attention_mask)
+        lengths = attention_mask.sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        parts = []
+        for group in order.split(self.group_rows):
+            width = max(int(lengths[group].max()), 1)
+            parts.append(self._pooled(input_ids[group, :width], attention_mask[group, :width]))
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]

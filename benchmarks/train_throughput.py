@@ -1,0 +1,134 @@
+"""Training throughput: the full step against a plain encoder step on the same batches, in one run.
+
+    python benchmarks/train_throughput.py [--config configs/demo.yaml] [--steps 8] [--set key=value ...]
+
+The full step is :meth:`xmc.training.trainer.Trainer.train_step`: pool building (sampled positives, hard
+negatives from a mined shortlist, in-batch fill), encoding the queries and the pool's labels, both heads,
+the loss, AdamW on the dense weights and SparseAdam on the pool's classifier rows. The reference is the
+same encoder's forward + backward + AdamW on the same query batches (a mean-pooled output fed to a
+trivial loss) with nothing else. Prints one JSON object; ``ratio`` = full / reference examples per second
+(goal >= 0.8). On a GPU it also measures bf16 autocast and the model FLOPs utilisation (MFU) of the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+from xmc.config import load_config
+from xmc.experiment import ExperimentConfig
+from xmc.models.encoder import TextEncoder
+from xmc.training.driver import ensure_prepared, resolve_run
+from xmc.training.trainer import Trainer
+
+H100_BF16_DENSE_FLOPS = 989e12
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def encoder_reference(trainer: Trainer, batches: list[np.ndarray]) -> float:
+    """Seconds for a plain encoder forward + backward + AdamW on each query batch."""
+    encoder = TextEncoder(trainer.model.encoder.model_dir, trainer.config.encoder.pooling,
+                          trainer.config.encoder.length_group_rows).to(trainer.device).train()
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-5)
+    dtype = trainer.autocast_dtype
+    elapsed = 0.0
+    for i, batch in enumerate(batches):
+        ids, mask = trainer.cache.batch("train", batch)
+        ids, mask = ids.to(trainer.device), mask.to(trainer.device)
+        sync(trainer.device)
+        started = time.perf_counter()
+        with torch.autocast(trainer.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = encoder(ids, mask).float().pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sync(trainer.device)
+        if i > 0:  # the first step warms up allocators and kernels
+            elapsed += time.perf_counter() - started
+    return elapsed
+
+
+def full_steps(trainer: Trainer, batches: list[np.ndarray]) -> float:
+    """Seconds for :meth:`Trainer.train_step` on each batch."""
+    elapsed = 0.0
+    for i, batch in enumerate(batches):
+        trainer.step_in_epoch = i
+        sync(trainer.device)
+        started = time.perf_counter()
+        trainer.train_step(batch)
+        sync(trainer.device)
+        if i > 0:
+            elapsed += time.perf_counter() - started
+    return elapsed
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(config: ExperimentConfig, steps: int) -> dict:
+    config, run_dir = resolve_run(config, "throughput-benchmark")
+    ensure_prepared(config)
+    trainer = Trainer(config, run_dir / "unused")
+    trainer.epoch = config.mining.start_epoch  # steady state: clustered batches, hard negatives on
+    trainer.refresh_mining()
+    trainer.plan = trainer.plan_epoch()
+    batches = [trainer.plan.batch(i) for i in range(min(steps + 1, len(trainer.plan)))]
+    examples = sum(len(b) for b in batches[1:])
+    # interleave the two measurements (A B A B) so drift in machine speed hits both alike
+    half = len(batches) // 2
+    full_a = full_steps(trainer, batches[: half + 1])
+    ref_a = encoder_reference(trainer, batches[: half + 1])
+    full_b = full_steps(trainer, [batches[0]] + batches[half + 1:])
+    ref_b = encoder_reference(trainer, [batches[0]] + batches[half + 1:])
+    full_s, ref_s = full_a + full_b, ref_a + ref_b
+    tokens = sum(int(trainer.cache.arrays("train")[1][b].sum()) for b in batches[1:])
+    result = {
+        "device": str(trainer.device), "precision": str(trainer.autocast_dtype or torch.float32),
+        "threads": torch.get_num_threads(), "steps": len(batches) - 1, "examples": examples,
+        "mean_batch": examples / (len(batches) - 1), "query_tokens_per_example": tokens / examples,
+        "full_step_examples_per_s": examples / full_s,
+        "encoder_only_examples_per_s": examples / ref_s,
+        "ratio": (examples / full_s) / (examples / ref_s),
+        "peak_memory_mb": peak_memory_mb(trainer.device),
+    }
+    if trainer.device.type == "cuda":
+        params = sum(p.numel() for p in trainer.model.encoder.parameters())
+        # 6 · parameters · tokens for forward + backward (queries only: a lower bound on the work done)
+        result["mfu"] = 6 * params * tokens / full_s / H100_BF16_DENSE_FLOPS
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    gpu = torch.cuda.is_available()
+    base = ["train.num_workers=0", "train.progress=false", f"train.use_gpu={str(gpu).lower()}", *args.overrides]
+    report = {"benchmark": "train_throughput", "config": args.config}
+    for precision in ("fp32", "bf16"):
+        config = load_config(ExperimentConfig, args.config, base + [f"train.precision={precision}"])
+        report[precision] = measure(config, args.steps)
+    report["ratio"] = report["fp32"]["ratio"]
+    report["goal_ratio"] = 0.8
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

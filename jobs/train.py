@@ -1,0 +1,41 @@
+"""Train a dual encoder + per-label classifier on Ray Train (UniDEC-style by default).
+
+    python jobs/train.py --config configs/demo.yaml [--set train.epochs=2 --set train.num_workers=2 ...]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . \\
+        --runtime-env-json "{\\"env_vars\\": {\\"XMC_WORKDIR\\": \\"$PWD\\"}}" -- python jobs/train.py --config ...
+
+The run directory is ``run.storage/run.name`` (name defaults to the config file's stem). Rerunning the same
+command after a kill resumes from the run's last checkpoint. The run directory holds the resolved
+config.yaml, metrics.json (after each evaluation), history.jsonl, predictions.npz, tensorboard/ and
+training.png, next to Ray's checkpoint_* directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from xmc.cli import add_config_arguments, config_from_args, run_cli
+from xmc.experiment import ExperimentConfig
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, required=True)
+    args = parser.parse_args()
+    config = config_from_args(ExperimentConfig, args)
+
+    from xmc.training.driver import run_training
+
+    result, run_dir = run_training(config, default_name=Path(args.config).stem)
+    metrics_path = run_dir / "metrics.json"
+    print(f"run directory: {run_dir}")
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

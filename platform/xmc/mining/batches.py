@@ -1,0 +1,60 @@
+"""The order in which training queries are visited: random batches, or batches of clustered queries.
+
+A :class:`BatchPlan` is one epoch's sequence of batches (stored flat, with offsets, so it checkpoints as two
+arrays). Every worker builds the same plan from the same seed and takes its own slice of each global
+batch, which is what keeps 1 and N workers on the same data order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class BatchPlan:
+    """Global batches of one epoch: batch i is ``order[offsets[i]:offsets[i + 1]]``."""
+
+    order: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def batch(self, i: int) -> np.ndarray:
+        return self.order[self.offsets[i]:self.offsets[i + 1]]
+
+    @classmethod
+    def from_batches(cls, batches: list[np.ndarray]) -> "BatchPlan":
+        offsets = np.zeros(len(batches) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(b) for b in batches])
+        order = np.concatenate(batches).astype(np.int64) if batches else np.zeros(0, dtype=np.int64)
+        return cls(order, offsets)
+
+
+def _chunk(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Split ``rows`` into ceil(n / batch_size) nearly equal consecutive chunks (none larger than batch_size)."""
+    parts = max(1, -(-len(rows) // batch_size))
+    return [part for part in np.array_split(rows, parts) if len(part)]
+
+
+def random_plan(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> BatchPlan:
+    """Shuffled rows cut into batches of ``batch_size`` (the last one may be smaller)."""
+    shuffled = rng.permutation(rows)
+    return BatchPlan.from_batches([shuffled[i:i + batch_size] for i in range(0, len(shuffled), batch_size)])
+
+
+def clustered_plan(clusters: list[np.ndarray], batch_size: int, rng: np.random.Generator) -> BatchPlan:
+    """One or two batches per cluster (a cluster holds 1-2 batch sizes), clusters in random order."""
+    batches = [rng.permutation(chunk) for cluster in clusters for chunk in _chunk(cluster, batch_size)]
+    return BatchPlan.from_batches([batches[i] for i in rng.permutation(len(batches))])
+
+
+def local_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This worker's share of a global batch. A batch not divisible by the world size is padded by wrapping
+    around (as torch's DistributedSampler does), so every worker gets the same number of queries."""
+    if world_size == 1:
+        return batch
+    padded = np.resize(batch, -(-len(batch) // world_size) * world_size)
+    return padded[rank::world_size]

@@ -1,0 +1,72 @@
+"""Settings of the training loop, its scaling on Ray Train, and where a run writes its outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Args:
+        num_workers: Ray Train workers (0 = run the loop in the driver process, Ray Train's local mode).
+        use_gpu: one GPU per worker.
+        cpus_per_worker: CPU resource each worker asks Ray for (0.99 lets a Tune trial's 0.01 fit beside it).
+        threads_per_worker: torch threads per worker (0 = the machine's cores divided among the workers).
+        epochs, batch_size: schedule; ``batch_size`` is global (split across workers).
+        lr: encoder learning rate; the heads get ``lr × head_lr_multiplier``, the label table ``classifier_lr``.
+        weight_decay: AdamW decay (not on biases and LayerNorm weights).
+        warmup_epochs: linear warm-up length, then linear decay to 0 at the end.
+        max_grad_norm: gradient clipping of the dense parameters (0 = off).
+        precision: ``auto`` = bf16 autocast on GPU, fp32 on CPU.
+        checkpoint_every_steps: also checkpoint every this many steps inside an epoch (0 = at epoch ends).
+        keep_checkpoints: checkpoints kept in the run directory.
+        max_failures: worker-group restarts from the last checkpoint before the run fails.
+        eval_every: evaluate on the test split every this many epochs (0 = only after the last).
+        max_steps_per_epoch: cap on steps per epoch (0 = the whole training set), for smoke runs.
+        seed: seeds model init, batch order, pools and dropout.
+        progress: progress bars.
+    """
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.99
+    threads_per_worker: int = 0
+    epochs: int = 4
+    batch_size: int = 256
+    lr: float = 1e-4
+    head_lr_multiplier: float = 2.0
+    classifier_lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    max_grad_norm: float = 0.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    checkpoint_every_steps: int = 0
+    keep_checkpoints: int = 2
+    max_failures: int = 1
+    eval_every: int = 1
+    max_steps_per_epoch: int = 0
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.num_workers < 0:
+            raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("train.epochs and train.batch_size must be >= 1")
+        if self.batch_size < max(self.num_workers, 1):
+            raise ValueError(f"train.batch_size ({self.batch_size}) must be >= train.num_workers")
+
+
+@dataclass(kw_only=True)
+class RunSection:
+    """Args:
+        name: run name; the run directory is ``storage/name``. Rerunning with the same name resumes it.
+        storage: directory holding run directories (relative paths resolve against $XMC_WORKDIR or cwd).
+        ray_address: Ray cluster to use; empty = $RAY_ADDRESS when set (``ray job submit``), else a local
+            Ray on 127.0.0.1 started for the job.
+    """
+
+    name: str = ""
+    storage: str = "runs"
+    ray_address: str = ""

@@ -1,0 +1,122 @@
+"""Collectives the loop needs beyond DDP's gradient averaging. With one process they are no-ops, so the
+same per-worker code runs unchanged on 1 or N workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def mean_over_workers(value: float, device: torch.device | str = "cpu") -> float:
+    """The mean of a scalar over workers (the loss each worker computed on its share of the batch)."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / dist.get_world_size()
+
+
+def my_share(rows: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This worker's contiguous share of ``rows`` (shares differ in size by at most one)."""
+    return np.array_split(rows, world_size)[rank]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """y = Σ_r x_r on every worker. Every worker's loss depends on y, so dL/dx_r = Σ_r' dL_r'/dy: the
+    backward is again an all-reduce of the incoming gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """Concatenate equal-sized row blocks of all workers; the backward returns to each worker the rows of
+    the summed gradient that belong to its own block."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rows = len(tensor)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def all_reduce_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over workers, differentiable (see :class:`_AllReduceSum`)."""
+    return _AllReduceSum.apply(tensor) if is_distributed() else tensor
+
+
+def all_gather_with_grad(local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Concatenate every worker's ``local`` (worker r has ``sizes[r]`` rows), keeping gradients: the
+    backward sends each worker the gradient of its own rows, summed over all workers' losses."""
+    if not is_distributed():
+        return local
+    width = max(sizes)
+    padded = torch.cat([local, local.new_zeros(width - len(local), *local.shape[1:])]) if len(local) < width \
+        else local
+    gathered = _AllGatherRows.apply(padded)
+    return torch.cat([gathered[r * width:r * width + size] for r, size in enumerate(sizes)])
+
+
+def gather_rows(local: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+    """Concatenate every worker's rows (no gradients; any sizes, same trailing shape and dtype)."""
+    if not is_distributed():
+        return local
+    tensor = torch.from_numpy(np.ascontiguousarray(local)).to(device)
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([len(local)], dtype=torch.long, device=device))
+    sizes_int = [int(s.item()) for s in sizes]
+    width = max(sizes_int)
+    padded = torch.zeros((width, *tensor.shape[1:]), dtype=tensor.dtype, device=device)
+    padded[: len(tensor)] = tensor
+    parts = [torch.empty_like(padded) for _ in sizes_int]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes_int)]).cpu().numpy()
+
+
+def broadcast_array(array: np.ndarray | None, device: torch.device | str = "cpu", src: int = 0) -> np.ndarray:
+    """Rank ``src``'s array on every worker (other ranks may pass None)."""
+    if not is_distributed():
+        assert array is not None
+        return array
+    meta = [None]
+    if dist.get_rank() == src:
+        meta = [(array.shape, str(array.dtype))]
+    dist.broadcast_object_list(meta, src=src)
+    shape, dtype = meta[0]
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device) if dist.get_rank() == src else \
+        torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), device=device)
+    dist.broadcast(tensor, src=src)
+    return tensor.cpu().numpy()

@@ -1,0 +1,107 @@
+"""The driver: resolve a config into a run, start (or join) Ray, and launch the Ray Train ``TorchTrainer``.
+
+Three layers, as Ray's Train+Tune guide prescribes: a Tune trial (or ``jobs/train.py``) calls
+:func:`run_training`, which builds the ``TorchTrainer``, whose workers run
+:func:`xmc.training.trainer.train_loop_per_worker`. Resuming is Ray Train V2's: the same
+``RunConfig(name, storage_path)`` finds the run's latest checkpoint and the loop continues from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+from xmc.config import ConfigError, dump_yaml, resolve_path, to_dict
+from xmc.data.dataset import PreparedDataset
+from xmc.data.prepare import prepare_dataset, read_manifest
+from xmc.experiment import ExperimentConfig
+from xmc.io import write_text
+from xmc.models.config import DEFAULT_MODEL
+from xmc.models.encoder import resolve_model_dir
+
+#: Environment a locally started Ray hands to its workers (GLOO_SOCKET_IFNAME must be set before the
+#: process group forms, i.e. before any of our code runs in the worker).
+FORWARDED_ENV = ("GLOO_SOCKET_IFNAME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
+                 "RAY_USAGE_STATS_ENABLED", "XMC_WORKDIR", "XMC_TEST_FAIL_AT_STEP", "XMC_TEST_FAIL_MARKER",
+                 "no_proxy", "http_proxy", "https_proxy")
+
+
+def resolve_run(config: ExperimentConfig, default_name: str = "run") -> tuple[ExperimentConfig, Path]:
+    """A copy of ``config`` with absolute paths (workers run elsewhere) and the run directory."""
+    config = copy.deepcopy(config)
+    if not config.dataset.prepared:
+        raise ConfigError("dataset.prepared: no prepared dataset directory configured")
+    config.dataset.prepared = str(resolve_path(config.dataset.prepared))
+    if config.dataset.source:
+        config.dataset.source = str(resolve_path(config.dataset.source))
+    if config.encoder.model != DEFAULT_MODEL:
+        config.encoder.model = str(resolve_path(config.encoder.model))
+    config.run.name = config.run.name or default_name
+    config.run.storage = str(resolve_path(config.run.storage))
+    return config, Path(config.run.storage) / config.run.name
+
+
+def ensure_prepared(config: ExperimentConfig) -> PreparedDataset:
+    """Prepare the dataset from ``dataset.source`` if it has not been, and build its token cache once here
+    instead of in every worker."""
+    prepared = Path(config.dataset.prepared)
+    if read_manifest(prepared) is None:
+        if not config.dataset.source:
+            raise ConfigError(f"dataset.prepared: {prepared} is not a prepared dataset and dataset.source is "
+                              "not set; run jobs/prepare.py first")
+        prepare_dataset(config.dataset.source, prepared, config.dataset.allow_empty_text)
+    dataset = PreparedDataset(prepared)
+    dataset.token_cache(resolve_model_dir(config.encoder.model), config.dataset.max_len, config.dataset.query_text,
+                        config.dataset.label_text, progress=config.train.progress)
+    return dataset
+
+
+def init_ray(address: str = "") -> None:
+    """Join ``address`` (or $RAY_ADDRESS, set by ``ray job submit``), else start a local Ray on 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
+    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # the patch echoes every worker print() twice
+    # The dashboard serves the State API that Ray Train's placement-group cleaner polls; it is bound to
+    # 127.0.0.1. Tests switch it off (XMC_RAY_DASHBOARD=0).
+    dashboard = os.environ.get("XMC_RAY_DASHBOARD", "1") != "0"
+    ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", runtime_env={"env_vars": env},
+             log_to_driver=True)
+
+
+def build_trainer(config: ExperimentConfig, run_dir: Path):
+    """The ``TorchTrainer`` for a resolved config (paths absolute, run name set)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from xmc.training.trainer import train_loop_per_worker
+
+    cfg = config.train
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": to_dict(config), "run_dir": str(run_dir)},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker=resources if cfg.num_workers else None),
+        run_config=RunConfig(name=config.run.name, storage_path=config.run.storage,
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+    )
+
+
+def run_training(config: ExperimentConfig, default_name: str = "run"):
+    """Train (or resume) the run described by ``config``; returns Ray's ``Result``."""
+    config, run_dir = resolve_run(config, default_name)
+    ensure_prepared(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", dump_yaml(config))
+    if config.train.num_workers > 0:
+        init_ray(config.run.ray_address)
+    return build_trainer(config, run_dir).fit(), run_dir

@@ -1,0 +1,480 @@
+"""The per-worker training loop: the same code on 1 or N workers, CPU or GPU.
+
+One step (:meth:`Trainer.train_step`):
+
+1. every worker builds the same label pool from the same global batch (the pool RNG is seeded by
+   (seed, epoch, step)) and takes its own slice of the batch's queries;
+2. each worker encodes its queries and a 1/N share of the pool's labels in a single forward call of the
+   DDP-wrapped model; label embeddings are all-gathered with gradients, so every worker scores its queries
+   against the whole pool;
+3. classifier rows of the pool come from the label-sharded table (one all-reduce of ``[pool, dim]``);
+4. ``loss = λ·L_DE + (1 − λ)·L_CLF``; DDP averages the dense gradients, the table averages its sparse
+   pool-row gradients, AdamW and SparseAdam step.
+
+Every ``mining.refresh_every`` epochs from ``mining.start_epoch`` the model re-encodes all labels and
+training queries (each worker a share, then all-gather), rebuilds the label index, recomputes every
+query's hard-negative shortlist, and re-clusters the queries into batches.
+
+State that a resumed run needs (model, optimizers, epoch/step, the epoch's batch plan, clusters,
+shortlists, running loss, RNG states) is checkpointed through ``ray.train.report`` at epoch ends (and every
+``train.checkpoint_every_steps`` steps), without pickle (:mod:`xmc.training.state_io`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xmc.config import resolve_path
+from xmc.data.dataset import PreparedDataset
+from xmc.evaluation.evaluator import evaluate_predictions
+from xmc.evaluation.predictions import save_predictions
+from xmc.evaluation.predictor import predict_topk
+from xmc.experiment import ExperimentConfig
+from xmc.losses.multilabel import LOSSES
+from xmc.mining.ann import build_index
+from xmc.mining.batches import BatchPlan, clustered_plan, local_slice, random_plan
+from xmc.mining.clustering import balanced_clusters
+from xmc.mining.shortlist import compute_shortlists
+from xmc.models.encoder import TextEncoder, encode_tokens, resolve_model_dir
+from xmc.models.label_table import ShardedLabelTable
+from xmc.models.xmc_model import XMCModel
+from xmc.training.distributed import (all_gather_with_grad, broadcast_array, gather_rows, mean_over_workers,
+                                      my_share, rank_and_world)
+from xmc.training.pool import build_label_pool
+from xmc.training.reporting import RunReporter
+from xmc.training.state_io import load_state, rng_state, save_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+# Fault injection for the retry test: crash the worker once when this global step is reached.
+FAIL_AT_STEP_ENV = "XMC_TEST_FAIL_AT_STEP"
+FAIL_MARKER_ENV = "XMC_TEST_FAIL_MARKER"
+
+
+def lr_factor(progress: float, warmup_epochs: float, total_epochs: float) -> float:
+    """Linear warm-up to 1 over ``warmup_epochs``, then linear decay to 0 at ``total_epochs``."""
+    if warmup_epochs > 0 and progress < warmup_epochs:
+        return max(progress / warmup_epochs, 1e-3)
+    remaining = total_epochs - warmup_epochs
+    return max(0.0, (total_epochs - progress) / remaining) if remaining > 0 else 1.0
+
+
+def _no_decay(name: str) -> bool:
+    return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name or ".norm" in name
+
+
+def _in_ray_train() -> bool:
+    try:
+        import ray.train
+
+        ray.train.get_context()
+        return True
+    except Exception:  # not inside a Ray Train worker or local-mode run
+        return False
+
+
+def _device(use_gpu: bool) -> torch.device:
+    if use_gpu and _in_ray_train():
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+
+class Trainer:
+    """Builds everything a worker needs from the config and runs (or resumes) the training loop."""
+
+    def __init__(self, config: ExperimentConfig, run_dir: Path):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.rank, self.world = rank_and_world()
+        cfg = config.train
+        self.device = _device(cfg.use_gpu)
+        threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // max(cfg.num_workers, 1))
+        torch.set_num_threads(threads)
+        self.autocast_dtype = (torch.bfloat16 if cfg.precision == "bf16" or
+                               (cfg.precision == "auto" and self.device.type == "cuda") else None)
+
+        self.dataset = PreparedDataset(resolve_path(config.dataset.prepared))
+        model_dir = resolve_model_dir(config.encoder.model)
+        self.cache = self.dataset.token_cache(model_dir, config.dataset.max_len, config.dataset.query_text,
+                                              config.dataset.label_text, progress=self.rank == 0 and cfg.progress)
+        self.positives = self.dataset.label_matrix("train")
+        self.train_rows = np.flatnonzero(np.diff(self.positives.indptr) > 0)
+        self.label_weights = self.dataset.inverse_propensity(config.dataset.propensity_a,
+                                                             config.dataset.propensity_b)
+        self.num_labels = self.dataset.num_labels
+
+        torch.manual_seed(cfg.seed)
+        self.model = XMCModel(TextEncoder(model_dir, config.encoder.pooling, config.encoder.length_group_rows),
+                              config.model).to(self.device)
+        self.model.train()  # from_pretrained returns the backbone in eval mode (dropout off)
+        self.table = (ShardedLabelTable(self.num_labels, self.model.clf_dim, self.rank, self.world).to(self.device)
+                      if config.model.classifier else None)
+        self.ddp_model = self.model
+        if self.world > 1:
+            import ray.train.torch
+
+            self.ddp_model = ray.train.torch.prepare_model(self.model, move_to_device=False)
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.table_optimizer = (torch.optim.SparseAdam(self.table.parameters(), lr=cfg.classifier_lr)
+                                if self.table is not None else None)
+        for optimizer in self._optimizers():
+            for group in optimizer.param_groups:
+                group["base_lr"] = group["lr"]
+        self.de_loss = LOSSES[config.loss.de]
+        self.clf_loss = LOSSES[config.loss.clf or config.loss.de]
+
+        # loop state (checkpointed)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.plan: BatchPlan | None = None
+        self.clusters: BatchPlan | None = None
+        self.shortlists: np.ndarray | None = None
+        self.loss_sum = 0.0
+        self.loss_count = 0
+        self.epoch_started = time.time()
+        self.reporter = RunReporter(self.run_dir, enabled=self.rank == 0)
+        self.final_predictions: tuple[np.ndarray, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------------------------------------------
+    # setup
+
+    def _param_groups(self) -> list[dict]:
+        cfg = self.config.train
+        groups = {key: [] for key in ("enc", "enc_nd", "head", "head_nd")}
+        for name, param in self.model.named_parameters():
+            head = not name.startswith("encoder.")
+            groups[("head" if head else "enc") + ("_nd" if _no_decay(name) else "")].append(param)
+        head_lr = cfg.lr * cfg.head_lr_multiplier
+        return [
+            {"params": groups["enc"], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+            {"params": groups["enc_nd"], "lr": cfg.lr, "weight_decay": 0.0},
+            {"params": groups["head"], "lr": head_lr, "weight_decay": cfg.weight_decay},
+            {"params": groups["head_nd"], "lr": head_lr, "weight_decay": 0.0},
+        ]
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        return [o for o in (self.optimizer, self.table_optimizer) if o is not None]
+
+    def _progress_bar(self, total: int, desc: str):
+        enabled = self.rank == 0 and self.config.train.progress
+        if enabled and self.world > 1:
+            from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+            return ray_tqdm(total=total, desc=desc)
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, disable=not enabled, mininterval=5.0, unit="step")
+
+    @torch.no_grad()
+    def _encode(self, split: str, rows: np.ndarray, embed) -> np.ndarray:
+        """Encode ``rows`` of a split with ``embed``, each worker a share; every worker gets all rows."""
+        ids, lengths = self.cache.arrays(split)
+        mine = my_share(rows, self.rank, self.world)
+        with torch.inference_mode():
+            local = encode_tokens(embed, ids, lengths, batch_size=self.config.encoder.batch_size,
+                                  device=self.device, dtype=self.autocast_dtype or torch.float32, rows=mine,
+                                  progress=False)
+        return gather_rows(local, self.device)
+
+    def initialise_table_from_label_text(self) -> None:
+        """``clf_init: label_text``: each worker encodes the labels it owns through the classifier head."""
+        self.model.eval()
+        ids, lengths = self.cache.arrays("labels")
+        with torch.inference_mode():
+            rows = encode_tokens(self.model.embed_clf, ids, lengths, batch_size=self.config.encoder.batch_size,
+                                 device=self.device, dtype=self.autocast_dtype or torch.float32,
+                                 rows=self.table.owned, progress=False)
+        with torch.no_grad():
+            self.table.rows.weight.copy_(torch.from_numpy(rows).to(self.device))
+        self.model.train()
+
+    # ------------------------------------------------------------------------------------------------------
+    # mining and batches
+
+    def refresh_mining(self) -> None:
+        """Re-encode labels and training queries, recompute shortlists and query clusters."""
+        started = time.time()
+        self.model.eval()
+        labels = self._encode("labels", np.arange(self.num_labels), self.model.embed_de)
+        queries = self._encode("train", self.train_rows, self.model.embed_de)
+        self.model.train()
+        cfg = self.config.mining
+        index = build_index(labels, cfg.ann, seed=self.config.train.seed)
+        mine = my_share(np.arange(len(self.train_rows)), self.rank, self.world)
+        local = compute_shortlists(queries[mine], labels, self.positives, self.train_rows[mine],
+                                   cfg.shortlist_size, cfg.ann, index=index)
+        shortlists = np.full((self.positives.shape[0], cfg.shortlist_size), -1, dtype=np.int32)
+        shortlists[self.train_rows] = gather_rows(local, self.device)
+        self.shortlists = shortlists
+        if cfg.cluster_batches:
+            plan = None
+            if self.rank == 0:
+                rng = np.random.default_rng([self.config.train.seed, self.epoch, 1])
+                leaves = balanced_clusters(queries, self.config.train.batch_size, rng)
+                plan = BatchPlan.from_batches([self.train_rows[leaf] for leaf in leaves])
+            order = broadcast_array(plan.order if plan else None, self.device)
+            offsets = broadcast_array(plan.offsets if plan else None, self.device)
+            self.clusters = BatchPlan(order, offsets)
+        if self.rank == 0:
+            log.info("mining at epoch %d: %d labels, %d queries in %.1fs", self.epoch, len(labels), len(queries),
+                     time.time() - started)
+
+    def plan_epoch(self) -> BatchPlan:
+        cfg = self.config.train
+        rng = np.random.default_rng([cfg.seed, self.epoch, 2])
+        if self.clusters is not None and self.epoch >= self.config.mining.start_epoch:
+            clusters = [self.clusters.batch(i) for i in range(len(self.clusters))]
+            plan = clustered_plan(clusters, cfg.batch_size, rng)
+        else:
+            plan = random_plan(self.train_rows, cfg.batch_size, rng)
+        if cfg.max_steps_per_epoch and len(plan) > cfg.max_steps_per_epoch:
+            plan = BatchPlan(plan.order[: plan.offsets[cfg.max_steps_per_epoch]],
+                             plan.offsets[: cfg.max_steps_per_epoch + 1])
+        return plan
+
+    # ------------------------------------------------------------------------------------------------------
+    # one step
+
+    def _set_learning_rates(self) -> None:
+        progress = self.epoch + self.step_in_epoch / max(len(self.plan), 1)
+        factor = lr_factor(progress, self.config.train.warmup_epochs, self.config.train.epochs)
+        for optimizer in self._optimizers():
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+
+    def train_step(self, batch: np.ndarray) -> float:
+        cfg = self.config
+        rng = np.random.default_rng([cfg.train.seed, self.epoch, self.step_in_epoch, 3])
+        mining_active = self.epoch >= cfg.mining.start_epoch
+        pool = build_label_pool(batch, self.positives, cfg.pool, rng,
+                                self.shortlists if mining_active else None, self.label_weights)
+        positions = local_slice(np.arange(len(batch)), self.rank, self.world)
+        targets = torch.from_numpy(pool.targets[positions]).to(self.device)
+        row_mask = torch.from_numpy(pool.row_mask[positions]).to(self.device)
+
+        # every worker encodes an equal share of the pool (padded by repeating the first label)
+        num_pool = len(pool.label_ids)
+        share = -(-num_pool // self.world)
+        padded_ids = np.resize(pool.label_ids, share * self.world) if self.world > 1 else pool.label_ids
+        my_labels = padded_ids[self.rank * share:(self.rank + 1) * share]
+
+        query_ids, query_mask = self.cache.batch("train", batch[positions])
+        label_ids, label_mask = self.cache.batch("labels", my_labels)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            out = self.ddp_model(query_ids.to(self.device), query_mask.to(self.device),
+                                 label_ids.to(self.device), label_mask.to(self.device))
+        label_de = all_gather_with_grad(out["label_de"], [share] * self.world)[:num_pool]
+        scale = cfg.model.scale
+        loss = self.de_loss(scale * out["query_de"] @ label_de.T, targets, row_mask)
+        if self.table is not None:
+            rows = self.table(torch.from_numpy(pool.label_ids).to(self.device))
+            rows = F.normalize(F.dropout(rows, cfg.model.dropout, self.model.training), dim=-1)
+            clf_loss = self.clf_loss(scale * out["query_clf"] @ rows.T, targets, row_mask)
+            loss = cfg.loss.lambda_de * loss + (1.0 - cfg.loss.lambda_de) * clf_loss
+
+        for optimizer in self._optimizers():
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.table is not None:
+            self.table.average_gradients()
+        if cfg.train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+        self._set_learning_rates()
+        for optimizer in self._optimizers():
+            optimizer.step()
+        return mean_over_workers(float(loss.detach()), self.device)
+
+    # ------------------------------------------------------------------------------------------------------
+    # evaluation
+
+    def evaluate(self, final: bool) -> dict[str, dict[str, float]] | None:
+        """DE-only, classifier-only and fused (cos_DE + cos_CLF) metrics on the test split (rank 0)."""
+        self.model.eval()
+        labels_de = self._encode("labels", np.arange(self.num_labels), self.model.embed_de)
+        test_rows = np.arange(self.dataset.num_points("test"))
+        embed = self.model.embed_both if self.table is not None else self.model.embed_de
+        queries = self._encode("test", test_rows, embed)
+        labels_clf = self.table.full_normalized().float().cpu().numpy() if self.table is not None else None
+        self.model.train()
+        if self.rank != 0:
+            return None
+        cfg = self.config
+        d = self.model.de_dim
+
+        def score(indices, scores):
+            return evaluate_predictions(self.dataset, indices, scores, cfg.dataset.propensity_a,
+                                        cfg.dataset.propensity_b)
+
+        results = {"de": score(*predict_topk(queries[:, :d], labels_de, cfg.eval))}
+        if labels_clf is not None:
+            results["clf"] = score(*predict_topk(queries[:, d:], labels_clf, cfg.eval))
+            fused = predict_topk(queries, np.concatenate([labels_de, labels_clf], axis=1), cfg.eval)
+            results["fused"] = score(*fused)
+        else:
+            fused = predict_topk(queries, labels_de, cfg.eval)
+        if final:
+            save_predictions(self.run_dir / "predictions.npz", *fused)
+        return results
+
+    # ------------------------------------------------------------------------------------------------------
+    # checkpoints
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "loss_sum": self.loss_sum, "loss_count": self.loss_count,
+            "plan": None if self.plan is None else {"order": self.plan.order, "offsets": self.plan.offsets},
+            "clusters": None if self.clusters is None else {"order": self.clusters.order,
+                                                           "offsets": self.clusters.offsets},
+            "shortlists": self.shortlists,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.loss_sum, self.loss_count = float(state["loss_sum"]), int(state["loss_count"])
+        self.plan = BatchPlan(state["plan"]["order"], state["plan"]["offsets"]) if state["plan"] else None
+        self.clusters = (BatchPlan(state["clusters"]["order"], state["clusters"]["offsets"])
+                         if state["clusters"] else None)
+        self.shortlists = state["shortlists"]
+
+    def _table_state(self) -> dict:
+        param = self.table.rows.weight
+        opt_state = self.table_optimizer.state.get(param, {})
+        return {"owned": self.table.owned, "weight": param.detach(), **opt_state}  # exp_avg(_sq) and step
+
+    def _load_table(self, directory: Path) -> None:
+        """Rows of every saved shard, re-split for this run's workers (the world size may have changed)."""
+        shards = [load_state(directory, p.stem) for p in sorted(directory.glob("table-rank*.json"))]
+        param = self.table.rows.weight
+        full = {}
+        for key in ("weight", "exp_avg", "exp_avg_sq"):
+            if all(key in s for s in shards):
+                table = torch.empty(self.num_labels, param.shape[1])
+                for shard in shards:
+                    table[torch.from_numpy(shard["owned"])] = shard[key].float()
+                full[key] = table[torch.from_numpy(self.table.owned)].to(self.device)
+        with torch.no_grad():
+            param.copy_(full["weight"])
+        if "exp_avg" in full:
+            self.table_optimizer.state[param] = {"step": shards[0]["step"], "exp_avg": full["exp_avg"],
+                                                 "exp_avg_sq": full["exp_avg_sq"]}
+
+    def save_checkpoint(self, metrics: dict) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory(prefix="xmc-ckpt-") as tmp:
+            if self.rank == 0:
+                save_state(tmp, "model", self.model.state_dict())
+                save_state(tmp, "optimizer", self.optimizer.state_dict())
+                save_state(tmp, "trainer", self.state_dict())
+            if self.table is not None:
+                save_state(tmp, f"table-rank{self.rank:04d}", self._table_state())
+            save_state(tmp, f"rng-rank{self.rank:04d}", rng_state())
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint_epoch{self.epoch:03d}_step{self.global_step:07d}")
+
+    def restore(self, directory: Path) -> None:
+        self.model.load_state_dict(load_state(directory, "model"))
+        self.optimizer.load_state_dict(load_state(directory, "optimizer"))
+        for group in self.optimizer.param_groups:  # the configured rates, not the saved ones
+            group["base_lr"] = group.get("base_lr", group["lr"])
+        self.load_state_dict(load_state(directory, "trainer"))
+        if self.table is not None:
+            self._load_table(directory)
+        rng_file = directory / f"rng-rank{self.rank:04d}.json"
+        set_rng_state(load_state(directory, rng_file.stem if rng_file.exists() else "rng-rank0000"))
+
+    # ------------------------------------------------------------------------------------------------------
+    # the loop
+
+    def _maybe_fail(self) -> None:
+        step, marker = os.environ.get(FAIL_AT_STEP_ENV), os.environ.get(FAIL_MARKER_ENV)
+        if step and marker and self.global_step == int(step) and not Path(marker).exists():
+            Path(marker).write_text(f"failed at step {self.global_step}\n")
+            os._exit(17)
+
+    def fit(self) -> None:
+        import ray.train
+
+        cfg = self.config.train
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                self.restore(Path(directory))
+            if self.rank == 0:
+                print(f"resumed from checkpoint at epoch {self.epoch} step {self.global_step} "
+                      f"({self.step_in_epoch} steps into the epoch)", flush=True)
+        elif self.table is not None and self.config.model.clf_init == "label_text":
+            self.initialise_table_from_label_text()
+
+        while self.epoch < cfg.epochs:
+            if self.plan is None:
+                if self.config.mining.refresh_due(self.epoch):
+                    self.refresh_mining()
+                self.plan = self.plan_epoch()
+                self.loss_sum, self.loss_count = 0.0, 0
+                self.epoch_started = time.time()
+            bar = self._progress_bar(len(self.plan), f"epoch {self.epoch + 1}/{cfg.epochs}")
+            bar.update(self.step_in_epoch)
+            while self.step_in_epoch < len(self.plan):
+                self._maybe_fail()
+                loss = self.train_step(self.plan.batch(self.step_in_epoch))
+                self.step_in_epoch += 1
+                self.global_step += 1
+                self.loss_sum += loss
+                self.loss_count += 1
+                bar.update(1)
+                if self.global_step % 10 == 0:
+                    self.reporter.scalar("train/loss", loss, self.global_step)
+                if cfg.checkpoint_every_steps and self.global_step % cfg.checkpoint_every_steps == 0 \
+                        and self.step_in_epoch < len(self.plan):
+                    self.save_checkpoint({"epoch": self.epoch, "step": self.global_step, "loss": loss})
+            bar.close()
+            self.end_epoch()
+
+    def end_epoch(self) -> None:
+        cfg = self.config.train
+        mean_loss = self.loss_sum / max(self.loss_count, 1)
+        record = {"epoch": self.epoch + 1, "loss": mean_loss, "steps": self.loss_count,
+                  "seconds": round(time.time() - self.epoch_started, 1)}
+        final = self.epoch + 1 == cfg.epochs
+        due = final or (cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0)
+        evaluation = self.evaluate(final) if due else None
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.plan = None
+        self.reporter.epoch_end(record, evaluation, self.global_step)
+        # reported to Ray (and Tune): the main predictor's metrics; every variant is in metrics.json
+        metrics = {"epoch": self.epoch, "step": self.global_step, "loss": mean_loss}
+        if evaluation:
+            metrics.update(evaluation.get("fused") or evaluation["de"])
+        if self.rank == 0:
+            line = f"epoch {self.epoch}/{cfg.epochs}: loss {mean_loss:.4f} ({record['seconds']}s)"
+            if evaluation:
+                line += "; test " + ", ".join(f"{k} {metrics[k]:.2f}" for k in ("P@1", "P@5", "PSP@1"))
+            print(line, flush=True)
+        self.save_checkpoint(metrics)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train's per-worker entry point: rebuild the typed config and run the loop."""
+    from xmc.config import from_dict
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs each CPU variant it tries
+    config = from_dict(ExperimentConfig, loop_config["config"])
+    trainer = Trainer(config, Path(loop_config["run_dir"]))
+    trainer.fit()
+    trainer.reporter.close()

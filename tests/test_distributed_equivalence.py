@@ -1,0 +1,109 @@
+"""The label-sharded table and the gathered label embeddings give 2 workers exactly what 1 worker computes.
+
+Two gloo processes on 127.0.0.1 (no Ray needed) each hold half of the table; the rows they look up, the
+loss and the gradients (summed over workers, then averaged like DDP) must equal the single-process ones.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from xmc.losses.multilabel import supcon
+from xmc.models.label_table import ShardedLabelTable
+from xmc.training.distributed import all_gather_with_grad, gather_rows
+
+NUM_LABELS, DIM, BATCH = 23, 8, 6
+POOL = np.array([3, 17, 4, 22, 0, 9, 11, 5], dtype=np.int64)
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(NUM_LABELS, DIM, generator=gen)
+    queries = torch.randn(BATCH, DIM, generator=gen)
+    labels_de = torch.randn(len(POOL), DIM, generator=gen)
+    targets = torch.zeros(BATCH, len(POOL), dtype=torch.bool)
+    targets[torch.arange(BATCH), torch.arange(BATCH) % len(POOL)] = True
+    return table, queries, labels_de, targets
+
+
+def _loss(rows, queries, labels_de, targets):
+    clf = supcon(10 * F.normalize(queries, dim=-1) @ F.normalize(rows, dim=-1).T, targets)
+    de = supcon(10 * F.normalize(queries, dim=-1) @ F.normalize(labels_de, dim=-1).T, targets)
+    return clf + de
+
+
+def _single():
+    table, queries, labels_de, targets = _inputs()
+    sharded = ShardedLabelTable(NUM_LABELS, DIM, 0, 1, initial=table.numpy())
+    labels_de = labels_de.clone().requires_grad_()
+    loss = _loss(sharded(torch.from_numpy(POOL)), queries, labels_de, targets)
+    loss.backward()
+    return loss.item(), sharded.rows.weight.grad.to_dense(), labels_de.grad
+
+
+def _worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        table, queries, labels_de, targets = _inputs()
+        sharded = ShardedLabelTable(NUM_LABELS, DIM, rank, world, initial=table.numpy())
+        mine = np.arange(rank, BATCH, world)  # each worker its own queries
+        share = len(POOL) // world  # and an equal share of the pool's label embeddings
+        local_labels = labels_de[rank * share:(rank + 1) * share].clone().requires_grad_()
+        gathered = all_gather_with_grad(local_labels, [share] * world)
+        rows = sharded(torch.from_numpy(POOL))
+        # the global loss is the mean over workers of their local means (equal local sizes)
+        loss = _loss(rows, queries[mine], gathered, targets[mine])
+        loss.backward()
+        sharded.average_gradients()
+        for p in (local_labels,):  # what DDP does for dense parameters
+            p.grad /= world
+        grad = torch.zeros(NUM_LABELS, DIM)
+        grad[torch.from_numpy(sharded.owned)] = sharded.rows.weight.grad.to_dense()
+        dist.all_reduce(grad)  # assemble the shards' gradients (test only)
+        total = torch.tensor([loss.item()])
+        dist.all_reduce(total)
+        label_grad = gather_rows(local_labels.grad.numpy())
+        full = sharded.full_normalized()
+        if rank == 0:
+            out.put((total.item() / world, grad.numpy(), label_grad, rows.detach().numpy(), full.numpy()))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_match_one():
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    loss2, *arrays = queue.get(timeout=120)
+    grad2, label_grad2, rows2, full2 = map(torch.from_numpy, arrays)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    loss1, grad1, label_grad1 = _single()
+    table = _inputs()[0]
+    assert torch.equal(rows2, table[torch.from_numpy(POOL)])  # every worker sees all pool rows
+    assert torch.allclose(full2, F.normalize(table, dim=-1), atol=1e-6)
+    # only pool rows have gradients, and they match the single-process ones
+    untouched = np.setdiff1d(np.arange(NUM_LABELS), POOL)
+    assert torch.count_nonzero(grad2[torch.from_numpy(untouched)]) == 0
+    assert loss2 == pytest.approx(loss1, rel=1e-5)
+    assert torch.allclose(grad2, grad1, atol=1e-6)
+    assert torch.allclose(label_grad2, label_grad1, atol=1e-6)
