@@ -29,7 +29,7 @@ def zero_shot_predict(dataset: PreparedDataset, data_config: DatasetConfig, enco
     cache = dataset.token_cache(model_dir, data_config.max_len, data_config.query_text, data_config.label_text,
                                 progress=progress)
     device = default_device()
-    encoder = TextEncoder(model_dir, encoder_config.pooling, encoder_config.length_group_rows).to(device).eval()
+    encoder = TextEncoder(model_dir, encoder_config.pooling, encoder_config.group_by_length).to(device).eval()
     embed = normalized(encoder)
     dtype = inference_dtype(encoder_config.dtype, device)
     with torch.inference_mode():

@@ -17,14 +17,15 @@ class EncoderConfig:
         pooling: ``mean`` over non-padding tokens (sentence-transformers style) or ``cls`` (first token).
         batch_size: texts per forward pass when encoding for search/evaluation.
         dtype: ``auto`` = float32 on CPU, bfloat16 on CUDA (inference).
-        length_group_rows: run larger batches as length-sorted groups of this many texts (0 = off).
+        group_by_length: run a batch as length-sorted groups, each cut to its longest text (same output,
+            fewer padded tokens).
     """
 
     model: str = DEFAULT_MODEL
     pooling: Literal["mean", "cls"] = "mean"
     batch_size: int = 256
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    length_group_rows: int = 64
+    group_by_length: bool = True
 
 
 @dataclass(kw_only=True)

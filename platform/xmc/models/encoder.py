@@ -64,15 +64,39 @@ def inference_dtype(setting: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+GROUP_OVERHEAD_TOKENS = 64  # cost of one more forward call, in padded tokens (measured on CPU, MiniLM)
+
+
+def length_groups(lengths: torch.Tensor, overhead_tokens: int = GROUP_OVERHEAD_TOKENS) -> list[torch.Tensor]:
+    """Row indices split into length-sorted groups that minimise padded tokens + ``overhead_tokens`` per
+    group (an exact dynamic programme over the distinct lengths, so it costs microseconds).
+
+    Each forward call also costs the backward a dense word-embedding gradient, so too many groups hurt as
+    much as too much padding."""
+    order = torch.argsort(lengths, stable=True)
+    values, counts = torch.unique(lengths[order], return_counts=True)
+    values, ends = values.tolist(), torch.cumsum(counts, 0).tolist()
+    best, cut = [0] * (len(values) + 1), [0] * (len(values) + 1)
+    for j in range(1, len(values) + 1):  # a group ending with the j-th distinct length has that width
+        best[j], cut[j] = min((best[i] + (ends[j - 1] - (ends[i - 1] if i else 0)) * max(values[j - 1], 1)
+                               + overhead_tokens, i) for i in range(j))
+    bounds, j = [], len(values)
+    while j > 0:
+        bounds.append(ends[j - 1])
+        j = cut[j]
+    starts = [0] + sorted(bounds)[:-1]
+    return [order[a:b] for a, b in zip(starts, sorted(bounds))]
+
+
 class TextEncoder(nn.Module):
     """A Hugging Face backbone plus pooling: ``(input_ids, attention_mask) -> (batch, hidden)``.
 
-    Batches larger than ``group_rows`` are run as length-sorted groups, each cut to its own longest text:
-    the output is the same (padding is masked) but a batch padded to one long title no longer costs as
-    if every text were that long (about 2x fewer tokens on real title data).
+    With ``group_by_length`` a batch runs as length-sorted groups (:func:`length_groups`), each cut to its
+    own longest text: the output is the same (padding is masked) but a batch padded to one long title no
+    longer costs as if every text were that long (about 2x faster training steps on real title data).
     """
 
-    def __init__(self, model_dir: Path, pooling: str = "mean", group_rows: int = 64):
+    def __init__(self, model_dir: Path, pooling: str = "mean", group_by_length: bool = True):
         super().__init__()
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
@@ -85,23 +109,25 @@ class TextEncoder(nn.Module):
             # compute and gets no gradient, which DDP rejects as an unused parameter.
             self.backbone.pooler = None
         self.pooling = pooling
-        self.group_rows = group_rows
+        self.group_by_length = group_by_length
         self.hidden_size = int(self.backbone.config.hidden_size)
 
     @classmethod
     def from_config(cls, config: EncoderConfig) -> "TextEncoder":
-        return cls(resolve_model_dir(config.model), config.pooling, config.length_group_rows)
+        return cls(resolve_model_dir(config.model), config.pooling, config.group_by_length)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if not self.group_rows or len(input_ids) <= self.group_rows:
+        if not self.group_by_length or len(input_ids) < 2:
             return self._pooled(input_ids, attention_mask)
         lengths = attention_mask.sum(dim=1)
-        order = torch.argsort(lengths, stable=True)
+        groups = length_groups(lengths)
+        if len(groups) == 1:
+            return self._pooled(input_ids, attention_mask)
         parts = []
-        for group in order.split(self.group_rows):
+        for group in groups:
             width = max(int(lengths[group].max()), 1)
             parts.append(self._pooled(input_ids[group, :width], attention_mask[group, :width]))
-        return torch.cat(parts)[torch.argsort(order)]
+        return torch.cat(parts)[torch.argsort(torch.cat(groups))]
 
     def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -48,7 +48,7 @@ from xmc.models.label_table import ShardedLabelTable
 from xmc.models.xmc_model import XMCModel
 from xmc.training.distributed import (all_gather_with_grad, broadcast_array, gather_rows, mean_over_workers,
                                       my_share, rank_and_world)
-from xmc.training.pool import build_label_pool
+from xmc.training.pool import LabelPool, build_label_pool
 from xmc.training.reporting import RunReporter
 from xmc.training.state_io import load_state, rng_state, save_state, set_rng_state
 
@@ -114,7 +114,7 @@ class Trainer:
         self.num_labels = self.dataset.num_labels
 
         torch.manual_seed(cfg.seed)
-        self.model = XMCModel(TextEncoder(model_dir, config.encoder.pooling, config.encoder.length_group_rows),
+        self.model = XMCModel(TextEncoder(model_dir, config.encoder.pooling, config.encoder.group_by_length),
                               config.model).to(self.device)
         self.model.train()  # from_pretrained returns the backbone in eval mode (dropout off)
         self.table = (ShardedLabelTable(self.num_labels, self.model.clf_dim, self.rank, self.world).to(self.device)
@@ -253,12 +253,17 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
 
-    def train_step(self, batch: np.ndarray) -> float:
+    def step_pool(self, batch: np.ndarray) -> LabelPool:
+        """The current step's label pool; seeded by (seed, epoch, step) so every worker builds the same."""
         cfg = self.config
         rng = np.random.default_rng([cfg.train.seed, self.epoch, self.step_in_epoch, 3])
         mining_active = self.epoch >= cfg.mining.start_epoch
-        pool = build_label_pool(batch, self.positives, cfg.pool, rng,
-                                self.shortlists if mining_active else None, self.label_weights)
+        return build_label_pool(batch, self.positives, cfg.pool, rng, self.shortlists if mining_active else None,
+                                self.label_weights)
+
+    def train_step(self, batch: np.ndarray) -> float:
+        cfg = self.config
+        pool = self.step_pool(batch)
         positions = local_slice(np.arange(len(batch)), self.rank, self.world)
         targets = torch.from_numpy(pool.targets[positions]).to(self.device)
         row_mask = torch.from_numpy(pool.row_mask[positions]).to(self.device)
