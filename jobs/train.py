@@ -1,10 +1,11 @@
 """Train a dual encoder + per-label classifier on Ray Train (UniDEC-style by default).
 
     python jobs/train.py --config configs/demo.yaml [--set train.epochs=2 --set train.num_workers=2 ...]
+    python jobs/train.py --config configs/datasets/reuters-21578.yaml --config configs/methods/prime.yaml
     ray job submit --address http://127.0.0.1:8265 --working-dir . \\
         --runtime-env-json "{\\"env_vars\\": {\\"XMC_WORKDIR\\": \\"$PWD\\"}}" -- python jobs/train.py --config ...
 
-The run directory is ``run.storage/run.name`` (name defaults to the config file's stem). Rerunning the same
+The run directory is ``run.storage/run.name`` (name defaults to the config files' stems). Rerunning the same
 command after a kill resumes from the run's last checkpoint. The run directory holds the resolved
 config.yaml, metrics.json (after each evaluation), history.jsonl, predictions.npz, tensorboard/ and
 training.png, next to Ray's checkpoint_* directories.
@@ -14,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
-from xmc.cli import add_config_arguments, config_from_args, run_cli
+from xmc.cli import add_config_arguments, config_from_args, config_name, run_cli
 from xmc.experiment import ExperimentConfig
 
 
@@ -28,7 +27,7 @@ def main() -> int:
 
     from xmc.training.driver import run_training
 
-    result, run_dir = run_training(config, default_name=Path(args.config).stem)
+    result, run_dir = run_training(config, default_name=config_name(args))
     metrics_path = run_dir / "metrics.json"
     print(f"run directory: {run_dir}")
     if metrics_path.is_file():

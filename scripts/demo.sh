@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The README's demo command: install what is needed, prepare cooking-stackexchange, and run the main job
-# end to end on it. Extra arguments are passed to the job as config overrides (--set key=value ...).
+# The README's demo command: install what is needed, prepare cooking-stackexchange, train the demo model
+# (UniDEC, one Ray Train worker, 2 epochs) and score its predictions with the evaluate job.
+# Extra arguments go to the training job, e.g. `bash scripts/demo.sh --set train.num_workers=2`.
+# Rerunning resumes the run in runs/demo (a finished run is not retrained; delete runs/demo to start over).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup-venv.sh
 source scripts/env.sh
-python jobs/prepare.py --config configs/datasets/cooking-stackexchange.yaml
-python jobs/evaluate.py --config configs/datasets/cooking-stackexchange.yaml --encoder default \
-  --out runs/demo-zero-shot "$@"
+python jobs/prepare.py --config configs/demo.yaml
+python jobs/train.py --config configs/demo.yaml "$@"
+python jobs/evaluate.py --config configs/demo.yaml --predictions runs/demo/predictions.npz \
+  --out runs/demo/evaluate-metrics.json
+echo "demo done: runs/demo (metrics.json, history.jsonl, training.png, tensorboard/, predictions.npz)"

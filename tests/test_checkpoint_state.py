@@ -57,7 +57,7 @@ def test_restored_trainer_continues_identically(tmp_path, cooking_source):
     save_state(checkpoint, "model", first.model.state_dict())
     save_state(checkpoint, "optimizer", first.optimizer.state_dict())
     save_state(checkpoint, "trainer", first.state_dict())
-    save_state(checkpoint, "table-rank0000", first._table_state())
+    save_state(checkpoint, "table-rank0000", first._shard_state(first.table, first.table_optimizer))
     save_state(checkpoint, "rng-rank0000", rng_state())
     expected = _steps(first, 3)  # dropout is on: the RNG state is part of what must be restored
 

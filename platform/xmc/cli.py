@@ -14,13 +14,22 @@ T = TypeVar("T")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument("--config", required=required, help="YAML config (may include dataset/method files)")
+    parser.add_argument("--config", required=required, action="append", metavar="FILE.yaml",
+                        help="YAML config (may include dataset/method files); repeat to merge several in order, "
+                             "e.g. --config configs/datasets/reuters-21578.yaml --config configs/methods/prime.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (repeatable), e.g. --set train.epochs=3")
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    return load_config(cls, args.config, args.overrides)
+    return load_config(cls, args.config or [], args.overrides)
+
+
+def config_name(args: argparse.Namespace, default: str = "run") -> str:
+    """A run name from the config files' stems (``demo``; ``reuters-21578-prime`` for two files)."""
+    from pathlib import Path
+
+    return "-".join(Path(path).stem for path in args.config) if args.config else default
 
 
 def run_cli(main: Callable[[], int | None]) -> None:

@@ -223,12 +223,13 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+def load_config(cls: type[T], path: str | os.PathLike | list | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> T:
-    """Load ``cls`` from an optional YAML file (with includes) and ``--set`` overrides."""
+    """Load ``cls`` from YAML file(s) (with includes; several are merged in order) and ``--set`` overrides."""
     data = dict(base or {})
-    if path is not None:
-        data = deep_merge(data, read_yaml_tree(path))
+    paths = path if isinstance(path, (list, tuple)) else ([] if path is None else [path])
+    for one in paths:
+        data = deep_merge(data, read_yaml_tree(one))
     data = apply_overrides(data, list(overrides or []))
     return from_dict(cls, data)
 

@@ -28,3 +28,10 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSection = field(default_factory=RunSection)
+
+    def validate(self) -> None:
+        if self.pool.all_labels and (self.model.classifier or self.model.prototypes):
+            raise ValueError("pool.all_labels trains the dual encoder alone (DEXML): set model.classifier and "
+                             "model.prototypes to false")
+        if self.model.prototypes and self.model.de_dim and self.model.de_dim % self.model.lpn_heads:
+            raise ValueError(f"model.de_dim ({self.model.de_dim}) must be divisible by model.lpn_heads")

@@ -9,7 +9,9 @@ Every function takes
 - ``row_mask``: optional bool tensor ``[B]``, False for rows that must not contribute (e.g. a query whose
   positives all fell out of a capped pool),
 
-and returns the mean loss over the contributing rows (0 if there are none). Computation is in float32
+and returns the mean loss over the contributing rows (0 if there are none). A column set to −inf is left
+out of the row's denominators (that is how other positives are masked when one positive is sampled per
+step, DEXML's ``loss_sample``). Computation is in float32
 whatever the input dtype: logsumexp over large pools is not safe in half precision.
 
 Relations: :func:`supcon` is the multi-positive InfoNCE of UniDEC/SupCon (positives compete with each
@@ -35,6 +37,11 @@ def _prepare(logits: torch.Tensor, targets: torch.Tensor, row_mask: torch.Tensor
     return logits, targets, num_pos.clamp_min(1).float(), rows
 
 
+def _sum_over_positives(log_prob: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # where, not multiplication: masked-out columns hold -inf, and -inf * 0 is nan
+    return torch.where(targets, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+
+
 def _mean_over_rows(per_row: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if not bool(rows.any()):
         return per_row.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) intact
@@ -45,9 +52,8 @@ def supcon(logits: torch.Tensor, targets: torch.Tensor, row_mask: torch.Tensor |
     """Multi-positive InfoNCE: ``l_i = -1/n_i · Σ_{p∈P_i} [s_ip − logsumexp_j s_ij]`` (all pool labels in the
     denominator, positives included)."""
     logits, targets, num_pos, rows = _prepare(logits, targets, row_mask)
-    log_denominator = torch.logsumexp(logits, dim=1, keepdim=True)
-    log_prob = logits - log_denominator
-    per_row = -(log_prob * targets).sum(dim=1) / num_pos
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    per_row = -_sum_over_positives(log_prob, targets) / num_pos
     return _mean_over_rows(per_row, rows)
 
 
@@ -60,7 +66,7 @@ def decoupled_softmax(logits: torch.Tensor, targets: torch.Tensor, row_mask: tor
     logits, targets, num_pos, rows = _prepare(logits, targets, row_mask)
     negatives_lse = torch.logsumexp(logits.masked_fill(targets, _NEG_INF), dim=1, keepdim=True)
     log_prob = logits - torch.logaddexp(logits, negatives_lse)
-    per_row = -(log_prob * targets).sum(dim=1) / num_pos
+    per_row = -_sum_over_positives(log_prob, targets) / num_pos
     return _mean_over_rows(per_row, rows)
 
 
@@ -70,7 +76,7 @@ def balanced_supcon(logits: torch.Tensor, targets: torch.Tensor, row_mask: torch
     logits, targets, num_pos, rows = _prepare(logits, targets, row_mask)
     log_weights = torch.where(targets, -torch.log(num_pos)[:, None], torch.zeros_like(logits))
     log_denominator = torch.logsumexp(logits + log_weights, dim=1, keepdim=True)
-    per_row = -((logits - log_denominator) * targets).sum(dim=1) / num_pos
+    per_row = -_sum_over_positives(logits - log_denominator, targets) / num_pos
     return _mean_over_rows(per_row, rows)
 
 

@@ -46,7 +46,15 @@ def random_plan(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> 
 
 
 def clustered_plan(clusters: list[np.ndarray], batch_size: int, rng: np.random.Generator) -> BatchPlan:
-    """One or two batches per cluster (a cluster holds 1-2 batch sizes), clusters in random order."""
+    """Batches of similar queries, in random order.
+
+    Clusters of at least a batch (1-2 batch sizes, the balanced tree's leaves) are cut into one or two batches
+    each, so a batch never mixes clusters. Smaller clusters (a cluster-size curriculum) are shuffled,
+    concatenated and cut into full batches: each batch then holds several groups of very similar queries.
+    """
+    if clusters and np.mean([len(c) for c in clusters]) < batch_size:
+        order = np.concatenate([rng.permutation(clusters[i]) for i in rng.permutation(len(clusters))])
+        return BatchPlan.from_batches([order[i:i + batch_size] for i in range(0, len(order), batch_size)])
     batches = [rng.permutation(chunk) for cluster in clusters for chunk in _chunk(cluster, batch_size)]
     return BatchPlan.from_batches([batches[i] for i in rng.permutation(len(batches))])
 

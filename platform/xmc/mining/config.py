@@ -16,6 +16,9 @@ class MiningConfig:
             and clusters every this many epochs from ``start_epoch``.
         shortlist_size: ANN candidates kept per training query (hard negatives are drawn from them).
         cluster_batches: form batches from balanced clusters of similar queries (else random batches).
+        cluster_size: queries per cluster (0 = the batch size). Smaller clusters are packed several to a
+            batch: batches then hold groups of very similar queries (NGAME/PRIME curriculum).
+        cluster_size_doubling_epochs: epochs at which the cluster size doubles (capped at the batch size).
         ann: the label index used for mining.
     """
 
@@ -23,11 +26,19 @@ class MiningConfig:
     refresh_every: int = 1
     shortlist_size: int = 32
     cluster_batches: bool = True
+    cluster_size: int = 0
+    cluster_size_doubling_epochs: list[int] = field(default_factory=list)
     ann: AnnConfig = field(default_factory=AnnConfig)
 
     def validate(self) -> None:
         if self.start_epoch < 0 or self.refresh_every < 1 or self.shortlist_size < 1:
             raise ValueError("mining.start_epoch must be >= 0, refresh_every and shortlist_size >= 1")
+
+    def cluster_size_at(self, epoch: int, batch_size: int) -> int:
+        if not self.cluster_size:
+            return batch_size
+        doublings = sum(1 for e in self.cluster_size_doubling_epochs if epoch >= e)
+        return min(self.cluster_size * 2**doublings, batch_size)
 
     def refresh_due(self, epoch: int) -> bool:
         return epoch >= self.start_epoch and (epoch - self.start_epoch) % self.refresh_every == 0

@@ -41,6 +41,13 @@ class HeadsConfig:
         clf_init: ``label_text`` (each row starts as its label's zero-shot embedding, so the classifier
             starts where the dual encoder does) or ``xavier`` (UniDEC's random start).
         scale: similarity scale 1/τ applied to both heads' cosines (18 ≈ τ 0.056).
+        prototypes: score labels by PRIME prototypes (text embedding + free vector + centroid through a
+            one-layer transformer) instead of by their text embedding alone.
+        lpn_heads, lpn_ffn: attention heads and feed-forward width of that layer.
+        free_vectors: clusters of labels sharing a free vector (0 = the power of two nearest L/2).
+        centroid_update: ``ema`` of the batch's query embeddings every step, or ``exact`` recomputation from
+            all training queries at each mining refresh.
+        centroid_beta: EMA factor β (m ← β m + (1 − β) batch mean).
     """
 
     de_dim: int = 0
@@ -50,8 +57,16 @@ class HeadsConfig:
     clf_dim: int = 0
     clf_init: Literal["label_text", "xavier"] = "label_text"
     scale: float = 18.0
+    prototypes: bool = False
+    lpn_heads: int = 1
+    lpn_ffn: int = 1024
+    free_vectors: int = 0
+    centroid_update: Literal["ema", "exact"] = "ema"
+    centroid_beta: float = 0.95
 
     def validate(self) -> None:
+        if not 0.0 <= self.centroid_beta < 1.0:
+            raise ValueError(f"model.centroid_beta must be in [0, 1), got {self.centroid_beta}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.scale <= 0:

@@ -13,6 +13,7 @@ from torch import nn
 
 from xmc.models.config import HeadsConfig
 from xmc.models.encoder import TextEncoder
+from xmc.models.prototypes import LabelPrototypeNetwork
 
 
 def _projection(size_in: int, size_out: int) -> nn.Linear:
@@ -39,6 +40,8 @@ class XMCModel(nn.Module):
         self.clf_dim = (config.clf_dim or hidden) if config.classifier else 0
         self.clf_proj = _projection(hidden, self.clf_dim) if config.classifier else None
         self.dropout = nn.Dropout(config.dropout)
+        self.lpn = (LabelPrototypeNetwork(self.de_dim, config.lpn_heads, config.lpn_ffn, config.dropout)
+                    if config.prototypes else None)
 
     def de_head(self, pooled: torch.Tensor) -> torch.Tensor:
         out = self.de_proj(pooled)
@@ -62,10 +65,20 @@ class XMCModel(nn.Module):
         pooled = self.encoder(input_ids, attention_mask)
         return torch.cat([self.de_head(pooled), self.clf_head(pooled)], dim=-1)
 
-    def forward(self, query_ids: torch.Tensor, query_mask: torch.Tensor, label_ids: torch.Tensor,
-                label_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        pooled = self.encoder(query_ids, query_mask)
-        out = {"query_de": self.de_head(pooled), "label_de": self.embed_de(label_ids, label_mask)}
-        if self.clf_proj is not None:
-            out["query_clf"] = self.clf_head(pooled)
+    def forward(self, query_ids: torch.Tensor | None = None, query_mask: torch.Tensor | None = None,
+                label_ids: torch.Tensor | None = None, label_mask: torch.Tensor | None = None,
+                label_free: torch.Tensor | None = None, label_centroid: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Embeddings of the queries and/or labels given: ``query_de``, ``query_clf`` (with a classifier),
+        ``label_de``, and ``label_proto`` (with prototypes, given the labels' free vectors and centroids)."""
+        out = {}
+        if query_ids is not None:
+            pooled = self.encoder(query_ids, query_mask)
+            out["query_de"] = self.de_head(pooled)
+            if self.clf_proj is not None:
+                out["query_clf"] = self.clf_head(pooled)
+        if label_ids is not None:
+            out["label_de"] = self.embed_de(label_ids, label_mask)
+            if self.lpn is not None and label_free is not None:
+                out["label_proto"] = self.lpn(out["label_de"], label_free, label_centroid)
         return out

@@ -14,7 +14,8 @@ class TrainConfig:
         cpus_per_worker: CPU resource each worker asks Ray for (0.99 lets a Tune trial's 0.01 fit beside it).
         threads_per_worker: torch threads per worker (0 = the machine's cores divided among the workers).
         epochs, batch_size: schedule; ``batch_size`` is global (split across workers).
-        lr: encoder learning rate; the heads get ``lr × head_lr_multiplier``, the label table ``classifier_lr``.
+        lr: encoder learning rate; the heads get ``lr × head_lr_multiplier``, the label table ``classifier_lr``,
+            prototype free vectors ``prototype_lr``.
         weight_decay: AdamW decay (not on biases and LayerNorm weights).
         warmup_epochs: linear warm-up length, then linear decay to 0 at the end.
         max_grad_norm: gradient clipping of the dense parameters (0 = off).
@@ -37,6 +38,7 @@ class TrainConfig:
     lr: float = 1e-4
     head_lr_multiplier: float = 2.0
     classifier_lr: float = 1e-3
+    prototype_lr: float = 5e-4
     weight_decay: float = 0.05
     warmup_epochs: float = 0.5
     max_grad_norm: float = 0.0

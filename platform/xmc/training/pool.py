@@ -33,6 +33,9 @@ class PoolConfig:
         hard_negatives: labels drawn per query from its shortlist (0 = none; only after mining starts).
         fill_with_batch_positives: add the batch's unsampled positives when there is room.
         max_size: cap on the pool size (the main compute knob).
+        all_labels: score every step against all L labels (DEXML); label embeddings are computed with
+            gradient caching in chunks of ``label_chunk`` (the other pool settings are then unused).
+        label_chunk: labels encoded per chunk in all-labels mode (activation memory knob).
     """
 
     positives: int | Literal["all"] = 3
@@ -40,6 +43,8 @@ class PoolConfig:
     hard_negatives: int = 6
     fill_with_batch_positives: bool = True
     max_size: int = 2048
+    all_labels: bool = False
+    label_chunk: int = 1024
 
     def validate(self) -> None:
         if self.positives != "all" and self.positives < 1:

@@ -22,7 +22,9 @@ shortlists, running loss, RNG states) is checkpointed through ``ray.train.report
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import tempfile
 import time
@@ -38,16 +40,19 @@ from xmc.evaluation.evaluator import evaluate_predictions
 from xmc.evaluation.predictions import save_predictions
 from xmc.evaluation.predictor import predict_topk
 from xmc.experiment import ExperimentConfig
-from xmc.losses.multilabel import LOSSES
+from xmc.losses.criteria import make_criterion
+from xmc.losses.triplet import prototype_regularizer
 from xmc.mining.ann import build_index
 from xmc.mining.batches import BatchPlan, clustered_plan, local_slice, random_plan
 from xmc.mining.clustering import balanced_clusters
 from xmc.mining.shortlist import compute_shortlists
 from xmc.models.encoder import TextEncoder, encode_tokens, resolve_model_dir
 from xmc.models.label_table import ShardedLabelTable
+from xmc.models.prototypes import CentroidStore
 from xmc.models.xmc_model import XMCModel
 from xmc.training.distributed import (all_gather_with_grad, broadcast_array, gather_rows, mean_over_workers,
                                       my_share, rank_and_world)
+from xmc.training.gradcache import cached_step, chunk_bounds
 from xmc.training.pool import LabelPool, build_label_pool
 from xmc.training.reporting import RunReporter
 from xmc.training.state_io import load_state, rng_state, save_state, set_rng_state
@@ -127,11 +132,17 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.table_optimizer = (torch.optim.SparseAdam(self.table.parameters(), lr=cfg.classifier_lr)
                                 if self.table is not None else None)
+        # PRIME prototypes: free vectors (one per cluster of labels, sparse updates) and label centroids
+        self.free_table = self.free_optimizer = self.centroids = None
+        self.free_of: np.ndarray | None = None  # label -> free-vector cluster
+        if config.model.prototypes:
+            num_free = config.model.free_vectors or 2 ** max(0, round(math.log2(max(self.num_labels / 2, 1))))
+            self.free_table = ShardedLabelTable(num_free, self.model.de_dim, self.rank, self.world).to(self.device)
+            self.free_optimizer = torch.optim.SparseAdam(self.free_table.parameters(), lr=cfg.prototype_lr)
+            self.centroids = CentroidStore(self.num_labels, self.model.de_dim, self.rank, self.world, self.device)
         for optimizer in self._optimizers():
             for group in optimizer.param_groups:
                 group["base_lr"] = group["lr"]
-        self.de_loss = LOSSES[config.loss.de]
-        self.clf_loss = LOSSES[config.loss.clf or config.loss.de]
 
         # loop state (checkpointed)
         self.epoch = 0
@@ -164,7 +175,15 @@ class Trainer:
         ]
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
-        return [o for o in (self.optimizer, self.table_optimizer) if o is not None]
+        return [o for o in (self.optimizer, self.table_optimizer, self.free_optimizer) if o is not None]
+
+    def _sharded_tables(self) -> dict[str, tuple[ShardedLabelTable, torch.optim.Optimizer]]:
+        tables = {}
+        if self.table is not None:
+            tables["table"] = (self.table, self.table_optimizer)
+        if self.free_table is not None:
+            tables["free"] = (self.free_table, self.free_optimizer)
+        return tables
 
     def _progress_bar(self, total: int, desc: str):
         enabled = self.rank == 0 and self.config.train.progress
@@ -199,6 +218,50 @@ class Trainer:
             self.table.rows.weight.copy_(torch.from_numpy(rows).to(self.device))
         self.model.train()
 
+    def initialise_prototypes(self) -> None:
+        """Free-vector clusters and initial values from the label texts; centroids from training queries."""
+        self.model.eval()
+        labels = self._encode("labels", np.arange(self.num_labels), self.model.embed_de)
+        queries = self._encode("train", self.train_rows, self.model.embed_de)
+        self.model.train()
+        num_free = self.free_table.num_labels
+        free_of = None
+        if self.rank == 0:
+            rng = np.random.default_rng([self.config.train.seed, 0, 4])
+            leaves = balanced_clusters(labels, max(1, self.num_labels // num_free), rng)
+            free_of = np.zeros(self.num_labels, dtype=np.int64)
+            for cluster, leaf in enumerate(leaves):
+                free_of[leaf] = cluster % num_free
+        self.free_of = broadcast_array(free_of, self.device)
+        means = np.zeros((num_free, labels.shape[1]), dtype=np.float32)
+        np.add.at(means, self.free_of, labels)  # a free vector starts as its cluster's mean label embedding
+        means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+        with torch.no_grad():
+            self.free_table.rows.weight.copy_(torch.from_numpy(means[self.free_table.owned]).to(self.device))
+        self._set_exact_centroids(queries, labels)
+
+    def _set_exact_centroids(self, queries: np.ndarray, labels: np.ndarray) -> None:
+        by_label = self.positives[self.train_rows][:, self.centroids.owned].T.tocsr()
+        self.centroids.set_exact(by_label, queries, labels)
+
+    def label_vectors(self, text_vectors: np.ndarray) -> np.ndarray:
+        """The DE-side vector each label is scored by: its prototype with prototypes on, else its text embedding."""
+        if self.centroids is None:
+            return text_vectors
+        ids = torch.arange(self.num_labels, device=self.device)
+        with torch.no_grad():
+            free = self.free_table(torch.from_numpy(self.free_of).to(self.device))
+            centroids = self.centroids.lookup(ids)
+        self.model.eval()
+        out = np.empty_like(text_vectors)
+        with torch.inference_mode():
+            for start in range(0, self.num_labels, 4096):
+                stop = start + 4096
+                text = torch.from_numpy(text_vectors[start:stop]).to(self.device)
+                out[start:stop] = self.model.lpn(text, free[start:stop], centroids[start:stop]).float().cpu().numpy()
+        self.model.train()
+        return out
+
     # ------------------------------------------------------------------------------------------------------
     # mining and batches
 
@@ -210,6 +273,9 @@ class Trainer:
         queries = self._encode("train", self.train_rows, self.model.embed_de)
         self.model.train()
         cfg = self.config.mining
+        if self.centroids is not None and self.config.model.centroid_update == "exact":
+            self._set_exact_centroids(queries, labels)
+        labels = self.label_vectors(labels)
         index = build_index(labels, cfg.ann, seed=self.config.train.seed)
         mine = my_share(np.arange(len(self.train_rows)), self.rank, self.world)
         local = compute_shortlists(queries[mine], labels, self.positives, self.train_rows[mine],
@@ -221,7 +287,8 @@ class Trainer:
             plan = None
             if self.rank == 0:
                 rng = np.random.default_rng([self.config.train.seed, self.epoch, 1])
-                leaves = balanced_clusters(queries, self.config.train.batch_size, rng)
+                size = cfg.cluster_size_at(self.epoch, self.config.train.batch_size)
+                leaves = balanced_clusters(queries, size, rng)
                 plan = BatchPlan.from_batches([self.train_rows[leaf] for leaf in leaves])
             order = broadcast_array(plan.order if plan else None, self.device)
             offsets = broadcast_array(plan.offsets if plan else None, self.device)
@@ -261,45 +328,140 @@ class Trainer:
         return build_label_pool(batch, self.positives, cfg.pool, rng, self.shortlists if mining_active else None,
                                 self.label_weights)
 
+    def _step_generator(self) -> torch.Generator:
+        """Randomness of the loss (positive draws); per (seed, epoch, step, worker), so a resumed run repeats it."""
+        seed = (self.config.train.seed * 1_000_003 + self.epoch * 10_007 + self.step_in_epoch) * 64 + self.rank
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _loss(self, out: dict[str, torch.Tensor], label_text: torch.Tensor, label_proto: torch.Tensor | None,
+              pool_ids: torch.Tensor, targets: torch.Tensor, row_mask: torch.Tensor) -> torch.Tensor:
+        """The configured objective on cosine scores of the batch's queries against the pool's labels.
+
+        DE side: the criterion on prototype scores (or text scores without prototypes), plus, with
+        prototypes, ``inter_weight`` × the criterion on text scores and ``reg_weight`` × the prototype
+        regulariser; ``dual_weight`` × the label→query criterion on text scores. Classifier side (when
+        present): the classifier criterion; the two sides are mixed by λ.
+        """
+        cfg = self.config.loss
+        scale = self.config.model.scale
+        generator = self._step_generator()
+        weights = (torch.from_numpy(self.label_weights).to(self.device)[pool_ids].float()
+                   if self.config.pool.positive_sampling == "inverse_propensity" else None)
+        criterion = make_criterion(cfg.de, cfg, scale, generator, weights)
+        query = out["query_de"]
+        text = query @ label_text.T
+        if label_proto is not None:
+            proto = query @ label_proto.T
+            loss = criterion(proto, targets, row_mask)
+            if cfg.inter_weight:
+                loss = loss + cfg.inter_weight * criterion(text, targets, row_mask)
+            if cfg.reg_weight:
+                loss = loss + cfg.reg_weight * prototype_regularizer(text, proto, targets, row_mask,
+                                                                     cfg.triplet_negatives, cfg.reg_margin, generator)
+        else:
+            loss = criterion(text, targets, row_mask)
+        if cfg.dual_weight:
+            dual = make_criterion(cfg.de, cfg, scale, generator)
+            loss = loss + cfg.dual_weight * dual(text.T, targets.T, targets.any(dim=0))
+        if self.table is None:
+            return loss
+        rows = self.table(pool_ids)
+        rows = F.normalize(F.dropout(rows, self.config.model.dropout, self.model.training), dim=-1)
+        clf = make_criterion(cfg.clf or cfg.de, cfg, scale, generator, weights)
+        clf_loss = clf(out["query_clf"] @ rows.T, targets, row_mask)
+        return cfg.lambda_de * loss + (1.0 - cfg.lambda_de) * clf_loss
+
+    def _apply_gradients(self) -> None:
+        for table, _ in self._sharded_tables().values():
+            table.average_gradients()
+        if self.config.train.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.max_grad_norm)
+        self._set_learning_rates()
+        for optimizer in self._optimizers():
+            optimizer.step()
+
     def train_step(self, batch: np.ndarray) -> float:
+        if self.config.pool.all_labels:
+            return self._all_labels_step(batch)
         cfg = self.config
         pool = self.step_pool(batch)
         positions = local_slice(np.arange(len(batch)), self.rank, self.world)
         targets = torch.from_numpy(pool.targets[positions]).to(self.device)
         row_mask = torch.from_numpy(pool.row_mask[positions]).to(self.device)
+        pool_ids = torch.from_numpy(pool.label_ids).to(self.device)
 
-        # every worker encodes an equal share of the pool (padded by repeating the first label)
+        # every worker encodes an equal share of the pool (padded by repeating the first labels)
         num_pool = len(pool.label_ids)
         share = -(-num_pool // self.world)
-        padded_ids = np.resize(pool.label_ids, share * self.world) if self.world > 1 else pool.label_ids
-        my_labels = padded_ids[self.rank * share:(self.rank + 1) * share]
+        my_positions = np.resize(np.arange(num_pool), share * self.world)[self.rank * share:(self.rank + 1) * share]
+        extra = {}
+        if self.centroids is not None:  # prototype inputs of the pool (collectives: every worker, whole pool)
+            free = self.free_table(torch.from_numpy(self.free_of[pool.label_ids]).to(self.device))
+            centroids = self.centroids.lookup(pool_ids)
+            mine = torch.from_numpy(my_positions).to(self.device)
+            extra = {"label_free": free[mine], "label_centroid": centroids[mine]}
 
         query_ids, query_mask = self.cache.batch("train", batch[positions])
-        label_ids, label_mask = self.cache.batch("labels", my_labels)
+        label_ids, label_mask = self.cache.batch("labels", pool.label_ids[my_positions])
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             out = self.ddp_model(query_ids.to(self.device), query_mask.to(self.device),
-                                 label_ids.to(self.device), label_mask.to(self.device))
-        label_de = all_gather_with_grad(out["label_de"], [share] * self.world)[:num_pool]
-        scale = cfg.model.scale
-        loss = self.de_loss(scale * out["query_de"] @ label_de.T, targets, row_mask)
-        if self.table is not None:
-            rows = self.table(torch.from_numpy(pool.label_ids).to(self.device))
-            rows = F.normalize(F.dropout(rows, cfg.model.dropout, self.model.training), dim=-1)
-            clf_loss = self.clf_loss(scale * out["query_clf"] @ rows.T, targets, row_mask)
-            loss = cfg.loss.lambda_de * loss + (1.0 - cfg.loss.lambda_de) * clf_loss
+                                 label_ids.to(self.device), label_mask.to(self.device), **extra)
+        label_text = all_gather_with_grad(out["label_de"], [share] * self.world)[:num_pool]
+        label_proto = (all_gather_with_grad(out["label_proto"], [share] * self.world)[:num_pool]
+                       if "label_proto" in out else None)
+        loss = self._loss(out, label_text, label_proto, pool_ids, targets, row_mask)
 
         for optimizer in self._optimizers():
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.table is not None:
-            self.table.average_gradients()
-        if cfg.train.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
-        self._set_learning_rates()
-        for optimizer in self._optimizers():
-            optimizer.step()
+        self._apply_gradients()
+        if self.centroids is not None and cfg.model.centroid_update == "ema":
+            self.centroids.ema_update(pool_ids, out["query_de"].detach(), targets, cfg.model.centroid_beta)
         return mean_over_workers(float(loss.detach()), self.device)
+
+    def _all_labels_step(self, batch: np.ndarray) -> float:
+        """DEXML: every query against all L labels, label embeddings through gradient caching."""
+        positions = local_slice(np.arange(len(batch)), self.rank, self.world)
+        rows = batch[positions]
+        targets = torch.from_numpy(self.positives[rows].toarray() > 0).to(self.device)
+        row_mask = targets.any(dim=1)
+        all_ids = torch.arange(self.num_labels, device=self.device)
+        mine = my_share(np.arange(self.num_labels), self.rank, self.world)
+        chunks = [mine[a:b] for a, b in chunk_bounds(len(mine), self.config.pool.label_chunk)]
+        sizes = [len(part) for part in np.array_split(np.arange(self.num_labels), self.world)]
+        query_ids, query_mask = (t.to(self.device) for t in self.cache.batch("train", rows))
+
+        def autocast():
+            return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                  enabled=self.autocast_dtype is not None)
+
+        def encode_labels(chunk: int) -> torch.Tensor:
+            ids, mask = self.cache.batch("labels", chunks[chunk])
+            with autocast():
+                return self.ddp_model(label_ids=ids.to(self.device), label_mask=mask.to(self.device))["label_de"]
+
+        def encode_queries() -> dict[str, torch.Tensor]:
+            with autocast():
+                return self.ddp_model(query_ids, query_mask)
+
+        def reduce_label_grad(grad: torch.Tensor) -> torch.Tensor:
+            if self.world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(grad)
+            start = sum(sizes[: self.rank])
+            return grad[start:start + sizes[self.rank]]
+
+        for optimizer in self._optimizers():
+            optimizer.zero_grad(set_to_none=True)
+        no_sync = self.ddp_model.no_sync if self.world > 1 else contextlib.nullcontext
+        loss = cached_step(encode_labels, len(chunks), encode_queries,
+                           lambda q, labels: self._loss(q, labels, None, all_ids, targets, row_mask),
+                           lambda local: all_gather_with_grad(local, sizes).detach(),
+                           reduce_label_grad, self.device, no_sync)
+        self._apply_gradients()
+        return mean_over_workers(float(loss), self.device)
 
     # ------------------------------------------------------------------------------------------------------
     # evaluation
@@ -312,6 +474,7 @@ class Trainer:
         embed = self.model.embed_both if self.table is not None else self.model.embed_de
         queries = self._encode("test", test_rows, embed)
         labels_clf = self.table.full_normalized().float().cpu().numpy() if self.table is not None else None
+        labels_de = self.label_vectors(labels_de)
         self.model.train()
         if self.rank != 0:
             return None
@@ -344,6 +507,7 @@ class Trainer:
             "clusters": None if self.clusters is None else {"order": self.clusters.order,
                                                            "offsets": self.clusters.offsets},
             "shortlists": self.shortlists,
+            "free_of": self.free_of,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -354,28 +518,30 @@ class Trainer:
         self.clusters = (BatchPlan(state["clusters"]["order"], state["clusters"]["offsets"])
                          if state["clusters"] else None)
         self.shortlists = state["shortlists"]
+        self.free_of = state.get("free_of")
 
-    def _table_state(self) -> dict:
-        param = self.table.rows.weight
-        opt_state = self.table_optimizer.state.get(param, {})
-        return {"owned": self.table.owned, "weight": param.detach(), **opt_state}  # exp_avg(_sq) and step
+    @staticmethod
+    def _shard_state(table: ShardedLabelTable, optimizer: torch.optim.Optimizer) -> dict:
+        param = table.rows.weight
+        return {"owned": table.owned, "weight": param.detach(), **optimizer.state.get(param, {})}
 
-    def _load_table(self, directory: Path) -> None:
+    def _load_shards(self, directory: Path, name: str, table: ShardedLabelTable,
+                     optimizer: torch.optim.Optimizer) -> None:
         """Rows of every saved shard, re-split for this run's workers (the world size may have changed)."""
-        shards = [load_state(directory, p.stem) for p in sorted(directory.glob("table-rank*.json"))]
-        param = self.table.rows.weight
+        shards = [load_state(directory, p.stem) for p in sorted(directory.glob(f"{name}-rank*.json"))]
+        param = table.rows.weight
         full = {}
         for key in ("weight", "exp_avg", "exp_avg_sq"):
-            if all(key in s for s in shards):
-                table = torch.empty(self.num_labels, param.shape[1])
+            if shards and all(key in s for s in shards):
+                rows = torch.empty(table.num_labels, param.shape[1])
                 for shard in shards:
-                    table[torch.from_numpy(shard["owned"])] = shard[key].float()
-                full[key] = table[torch.from_numpy(self.table.owned)].to(self.device)
+                    rows[torch.from_numpy(shard["owned"])] = shard[key].float()
+                full[key] = rows[torch.from_numpy(table.owned)].to(self.device)
         with torch.no_grad():
             param.copy_(full["weight"])
         if "exp_avg" in full:
-            self.table_optimizer.state[param] = {"step": shards[0]["step"], "exp_avg": full["exp_avg"],
-                                                 "exp_avg_sq": full["exp_avg_sq"]}
+            optimizer.state[param] = {"step": shards[0]["step"], "exp_avg": full["exp_avg"],
+                                      "exp_avg_sq": full["exp_avg_sq"]}
 
     def save_checkpoint(self, metrics: dict) -> None:
         import ray.train
@@ -385,8 +551,11 @@ class Trainer:
                 save_state(tmp, "model", self.model.state_dict())
                 save_state(tmp, "optimizer", self.optimizer.state_dict())
                 save_state(tmp, "trainer", self.state_dict())
-            if self.table is not None:
-                save_state(tmp, f"table-rank{self.rank:04d}", self._table_state())
+            for name, (table, optimizer) in self._sharded_tables().items():
+                save_state(tmp, f"{name}-rank{self.rank:04d}", self._shard_state(table, optimizer))
+            if self.centroids is not None:
+                save_state(tmp, f"centroids-rank{self.rank:04d}", {"owned": self.centroids.owned,
+                                                                    "rows": self.centroids.rows})
             save_state(tmp, f"rng-rank{self.rank:04d}", rng_state())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_epoch{self.epoch:03d}_step{self.global_step:07d}")
@@ -397,8 +566,14 @@ class Trainer:
         for group in self.optimizer.param_groups:  # the configured rates, not the saved ones
             group["base_lr"] = group.get("base_lr", group["lr"])
         self.load_state_dict(load_state(directory, "trainer"))
-        if self.table is not None:
-            self._load_table(directory)
+        for name, (table, optimizer) in self._sharded_tables().items():
+            self._load_shards(directory, name, table, optimizer)
+        if self.centroids is not None:
+            rows = torch.empty(self.num_labels, self.centroids.dim)
+            for path in sorted(directory.glob("centroids-rank*.json")):
+                shard = load_state(directory, path.stem)
+                rows[torch.from_numpy(shard["owned"])] = shard["rows"].float()
+            self.centroids.rows = rows[torch.from_numpy(self.centroids.owned)].to(self.device)
         rng_file = directory / f"rng-rank{self.rank:04d}.json"
         set_rng_state(load_state(directory, rng_file.stem if rng_file.exists() else "rng-rank0000"))
 
@@ -422,8 +597,11 @@ class Trainer:
             if self.rank == 0:
                 print(f"resumed from checkpoint at epoch {self.epoch} step {self.global_step} "
                       f"({self.step_in_epoch} steps into the epoch)", flush=True)
-        elif self.table is not None and self.config.model.clf_init == "label_text":
-            self.initialise_table_from_label_text()
+        else:
+            if self.table is not None and self.config.model.clf_init == "label_text":
+                self.initialise_table_from_label_text()
+            if self.centroids is not None:
+                self.initialise_prototypes()
 
         while self.epoch < cfg.epochs:
             if self.plan is None:

@@ -1,0 +1,93 @@
+"""PRIME's label prototypes (Dahiya, Ortego, Jiménez; NAACL 2025).
+
+A label's prototype combines three vectors, read by one transformer layer without positional encoding,
+mean-pooled over the three outputs and L2-normalised:
+
+- u_l, the label text's dual-encoder embedding (trained with the encoder),
+- v_c(l), a learnable free vector shared by a small cluster c(l) of labels with similar text (a
+  :class:`~xmc.models.label_table.ShardedLabelTable` with one row per cluster, sparse updates),
+- m_l, the label centroid: the mean embedding of the training queries tagged with l, kept in a
+  label-sharded :class:`CentroidStore` and moved during training (EMA of the batch's query embeddings, or
+  recomputed exactly from all training queries at each mining refresh). Labels without training queries
+  start from their text embedding.
+
+Retrieval then scores queries against prototypes instead of raw label-text embeddings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xmc.training.distributed import all_reduce_with_grad, is_distributed
+
+
+class LabelPrototypeNetwork(nn.Module):
+    """``(text [P, d], free [P, d], centroid [P, d]) -> prototype [P, d]`` (normalised)."""
+
+    def __init__(self, dim: int, heads: int = 1, ffn: int = 1024, dropout: float = 0.1):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(dim, heads, ffn, dropout, activation="gelu", batch_first=True)
+
+    def forward(self, text: torch.Tensor, free: torch.Tensor, centroid: torch.Tensor) -> torch.Tensor:
+        tokens = torch.stack([text, free.to(text.dtype), centroid.to(text.dtype)], dim=1)
+        return F.normalize(self.layer(tokens).mean(dim=1).float(), dim=-1)
+
+
+class CentroidStore:
+    """Label centroids, sharded like the classifier table (worker r owns labels l % world == r); no gradients.
+
+    ``lookup`` and ``ema_update`` are collectives: every worker calls them with the same pool.
+    """
+
+    def __init__(self, num_labels: int, dim: int, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu"):
+        self.num_labels, self.dim, self.rank, self.world_size = num_labels, dim, rank, world_size
+        self.owned = np.arange(rank, num_labels, world_size, dtype=np.int64)
+        self.rows = torch.zeros(len(self.owned), dim, device=device)
+
+    def _mine(self, label_ids: torch.Tensor) -> torch.Tensor:
+        return (label_ids % self.world_size) == self.rank
+
+    @torch.no_grad()
+    def lookup(self, label_ids: torch.Tensor) -> torch.Tensor:
+        mine = self._mine(label_ids)
+        out = torch.zeros(len(label_ids), self.dim, device=self.rows.device)
+        out[mine] = self.rows[label_ids[mine] // self.world_size]
+        return all_reduce_with_grad(out) if is_distributed() else out
+
+    @torch.no_grad()
+    def ema_update(self, label_ids: torch.Tensor, query_embeddings: torch.Tensor, targets: torch.Tensor,
+                   beta: float) -> None:
+        """m_l ← normalise(β m_l + (1 − β) · mean of the batch's (all workers') queries tagged with l)."""
+        sums = targets.float().T @ query_embeddings.float()
+        counts = targets.float().sum(dim=0)
+        if is_distributed():
+            import torch.distributed as dist
+
+            dist.all_reduce(sums)
+            dist.all_reduce(counts)
+        mine = self._mine(label_ids) & (counts > 0)
+        if not bool(mine.any()):
+            return
+        batch_mean = F.normalize(sums[mine] / counts[mine, None], dim=-1)
+        local = label_ids[mine] // self.world_size
+        self.rows[local] = F.normalize(beta * self.rows[local] + (1.0 - beta) * batch_mean, dim=-1)
+
+    @torch.no_grad()
+    def set_exact(self, positives_by_label, query_embeddings: np.ndarray, fallback: np.ndarray) -> None:
+        """m_l = normalised mean of all training-query embeddings tagged with l (``fallback[l]`` if none).
+
+        ``positives_by_label`` is the CSC/CSR matrix labels × training queries restricted to the owned labels.
+        """
+        sums = np.asarray(positives_by_label @ query_embeddings, dtype=np.float32)
+        counts = np.asarray(positives_by_label.sum(axis=1)).ravel()
+        rows = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], fallback[self.owned])
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        self.rows = torch.from_numpy(rows.astype(np.float32)).to(self.rows.device)
+
+    def full(self) -> torch.Tensor:
+        """All L centroids on every worker (evaluation only)."""
+        return self.lookup(torch.arange(self.num_labels, device=self.rows.device))
