@@ -26,15 +26,20 @@ import torch
 _NEG_INF = float("-inf")
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """Half-precision scores are upcast for the loss; float64 stays float64 (gradcheck)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def _prepare(logits: torch.Tensor, targets: torch.Tensor, row_mask: torch.Tensor | None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    logits = logits.float()
+    logits = at_least_fp32(logits)
     targets = targets.bool()
     num_pos = targets.sum(dim=1)
     rows = num_pos > 0
     if row_mask is not None:
         rows = rows & row_mask.bool()
-    return logits, targets, num_pos.clamp_min(1).float(), rows
+    return logits, targets, num_pos.clamp_min(1).to(logits.dtype), rows
 
 
 def _sum_over_positives(log_prob: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from xmc.losses.multilabel import at_least_fp32
+
 _NEG_INF = float("-inf")
 
 
@@ -72,7 +74,7 @@ def soft_topk_loss(logits: torch.Tensor, targets: torch.Tensor, row_mask: torch.
     Rows need more valid (unmasked) columns than their K; K is lowered to ``n_valid − 1`` otherwise (a pool
     smaller than K cannot express "in the top K").
     """
-    logits = logits.float()
+    logits = at_least_fp32(logits)
     targets = targets.bool()
     # draw min(k, n_i) positives per row uniformly (Gumbel top-k over the positives)
     keys = torch.rand(logits.shape, generator=generator, device=logits.device)

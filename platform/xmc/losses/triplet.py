@@ -9,7 +9,7 @@ Triplet T(S, Y), per row i (NGAME/PRIME "OHNM"):
 - the ``num_negatives`` highest-scoring negatives n,
 - a margin that grows with the violation but is not differentiated: m_in = clamp(|s_ip − s_in|, m_min, m_max),
 - hinge e_in = max(0, s_in − s_ip + m_in); with ``tau`` < 1 ("aggressive" weighting) each hinge is weighted
-  by a softmax of s_in / τ over the row's violating negatives (weights treated as constants),
+  by a softmax of s_in / τ over the row's violating negatives,
 - summed over the negatives, averaged over rows.
 
 For correctly ordered pairs the margin is effectively m_min; a violation by d costs d + clamp(d, m_min,
@@ -20,6 +20,8 @@ classic fixed-margin triplet loss.
 from __future__ import annotations
 
 import torch
+
+from xmc.losses.multilabel import at_least_fp32
 
 
 def sample_one_positive(targets: torch.Tensor, weights: torch.Tensor | None = None,
@@ -40,7 +42,7 @@ def dynamic_margin_triplet(scores: torch.Tensor, targets: torch.Tensor, row_mask
 
     ``positive_weights`` ([P] or [B, P]) weights the positive draw; ``positive`` ([B]) fixes it instead.
     """
-    scores = scores.float()
+    scores = at_least_fp32(scores)
     targets = targets.bool()
     if positive is None:
         weights = None if positive_weights is None else positive_weights.expand(targets.shape)
@@ -61,7 +63,7 @@ def dynamic_margin_triplet(scores: torch.Tensor, targets: torch.Tensor, row_mask
     if tau != 1.0:
         violating = hinge > 0
         logits = (neg_scores / tau).masked_fill(~violating, float("-inf"))
-        weights = torch.softmax(logits, dim=1).nan_to_num(0.0).detach()  # rows with no violation: all 0
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # rows with no violation: all 0
         hinge = hinge * weights
     return hinge.sum(dim=1).mean()
 
@@ -80,7 +82,7 @@ def prototype_regularizer(text_scores: torch.Tensor, proto_scores: torch.Tensor,
     ``R = ½ [mean_{>0} max(0, S^i_ip − S^f_ip + m) + mean_{>0} max(0, S^f_in − S^i_in + m)]`` with one drawn
     positive per row and the top-``num_negatives`` negatives by prototype score.
     """
-    text_scores, proto_scores, targets = text_scores.float(), proto_scores.float(), targets.bool()
+    text_scores, proto_scores, targets = at_least_fp32(text_scores), at_least_fp32(proto_scores), targets.bool()
     rows = targets.any(dim=1) & ((~targets).any(dim=1))
     if row_mask is not None:
         rows = rows & row_mask.bool()

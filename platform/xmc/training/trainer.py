@@ -195,12 +195,21 @@ class Trainer:
 
         return tqdm(total=total, desc=desc, disable=not enabled, mininterval=5.0, unit="step")
 
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
     @torch.no_grad()
     def _encode(self, split: str, rows: np.ndarray, embed) -> np.ndarray:
-        """Encode ``rows`` of a split with ``embed``, each worker a share; every worker gets all rows."""
+        """Encode ``rows`` of a split with ``embed`` (eval mode), each worker a share; every worker gets all."""
         ids, lengths = self.cache.arrays(split)
         mine = my_share(rows, self.rank, self.world)
-        with torch.inference_mode():
+        with self._eval_mode(), torch.inference_mode():
             local = encode_tokens(embed, ids, lengths, batch_size=self.config.encoder.batch_size,
                                   device=self.device, dtype=self.autocast_dtype or torch.float32, rows=mine,
                                   progress=False)
@@ -208,22 +217,18 @@ class Trainer:
 
     def initialise_table_from_label_text(self) -> None:
         """``clf_init: label_text``: each worker encodes the labels it owns through the classifier head."""
-        self.model.eval()
         ids, lengths = self.cache.arrays("labels")
-        with torch.inference_mode():
+        with self._eval_mode(), torch.inference_mode():
             rows = encode_tokens(self.model.embed_clf, ids, lengths, batch_size=self.config.encoder.batch_size,
                                  device=self.device, dtype=self.autocast_dtype or torch.float32,
                                  rows=self.table.owned, progress=False)
         with torch.no_grad():
             self.table.rows.weight.copy_(torch.from_numpy(rows).to(self.device))
-        self.model.train()
 
     def initialise_prototypes(self) -> None:
         """Free-vector clusters and initial values from the label texts; centroids from training queries."""
-        self.model.eval()
         labels = self._encode("labels", np.arange(self.num_labels), self.model.embed_de)
         queries = self._encode("train", self.train_rows, self.model.embed_de)
-        self.model.train()
         num_free = self.free_table.num_labels
         free_of = None
         if self.rank == 0:
@@ -252,14 +257,12 @@ class Trainer:
         with torch.no_grad():
             free = self.free_table(torch.from_numpy(self.free_of).to(self.device))
             centroids = self.centroids.lookup(ids)
-        self.model.eval()
         out = np.empty_like(text_vectors)
-        with torch.inference_mode():
+        with self._eval_mode(), torch.inference_mode():
             for start in range(0, self.num_labels, 4096):
                 stop = start + 4096
                 text = torch.from_numpy(text_vectors[start:stop]).to(self.device)
                 out[start:stop] = self.model.lpn(text, free[start:stop], centroids[start:stop]).float().cpu().numpy()
-        self.model.train()
         return out
 
     # ------------------------------------------------------------------------------------------------------
@@ -268,10 +271,8 @@ class Trainer:
     def refresh_mining(self) -> None:
         """Re-encode labels and training queries, recompute shortlists and query clusters."""
         started = time.time()
-        self.model.eval()
         labels = self._encode("labels", np.arange(self.num_labels), self.model.embed_de)
         queries = self._encode("train", self.train_rows, self.model.embed_de)
-        self.model.train()
         cfg = self.config.mining
         if self.centroids is not None and self.config.model.centroid_update == "exact":
             self._set_exact_centroids(queries, labels)
@@ -468,14 +469,12 @@ class Trainer:
 
     def evaluate(self, final: bool) -> dict[str, dict[str, float]] | None:
         """DE-only, classifier-only and fused (cos_DE + cos_CLF) metrics on the test split (rank 0)."""
-        self.model.eval()
         labels_de = self._encode("labels", np.arange(self.num_labels), self.model.embed_de)
         test_rows = np.arange(self.dataset.num_points("test"))
         embed = self.model.embed_both if self.table is not None else self.model.embed_de
         queries = self._encode("test", test_rows, embed)
         labels_clf = self.table.full_normalized().float().cpu().numpy() if self.table is not None else None
         labels_de = self.label_vectors(labels_de)
-        self.model.train()
         if self.rank != 0:
             return None
         cfg = self.config
