@@ -3,9 +3,10 @@
 Scoring each query against all L labels needs all L label embeddings with their graph, far more activation
 memory than a step can hold. The trick computes the same gradient in two passes:
 
-1. encode every label chunk (and the queries) without a graph, recording each chunk's RNG state;
-2. compute the loss on those embeddings as leaf tensors and take its gradient w.r.t. the embeddings only
-   (cheap: it is just the loss head);
+1. encode every label chunk without a graph, recording each chunk's RNG state;
+2. compute the loss of the queries (with their graph) against those embeddings as leaf tensors and
+   back-propagate: this gives the query side's parameter gradients and the gradient w.r.t. every label
+   embedding;
 3. re-encode each chunk *with* a graph, replaying its RNG state so that dropout draws the same masks, and
    back-propagate ``<embedding, cached gradient>``: by the chain rule the parameter gradients add up to
    those of the one-pass computation.
@@ -41,15 +42,18 @@ def cached_step(encode_labels: Callable[[int], torch.Tensor], num_chunks: int,
                 no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> torch.Tensor:
     """Run one gradient-cached forward/backward; parameter ``.grad`` ends up as for the plain computation.
 
+    Only the labels take the two-pass route; the batch's queries are few enough to keep their graph, so
+    they are encoded once and back-propagated directly.
+
     Args:
         encode_labels: chunk index -> this worker's label embeddings of that chunk (with graph if grad on).
         num_chunks: chunks of this worker's share of the labels.
-        encode_queries: -> dict of query embeddings (e.g. ``query_de``).
+        encode_queries: -> dict of query embeddings (e.g. ``query_de``), with graph.
         loss_fn: (query embeddings, all label embeddings) -> scalar loss.
         gather_labels: this worker's label embeddings -> all workers' (no gradient needed).
         reduce_label_grad: gradient w.r.t. all label embeddings -> this worker's share, summed over workers.
-        no_sync: context suppressing DDP's gradient all-reduce for the replay passes (the final query pass
-            synchronises everything accumulated).
+        no_sync: context suppressing DDP's gradient all-reduce; every backward but the last runs inside it,
+            so the last label replay synchronises everything accumulated.
     Returns:
         the loss (detached).
     """
@@ -59,29 +63,21 @@ def cached_step(encode_labels: Callable[[int], torch.Tensor], num_chunks: int,
         for chunk in range(num_chunks):
             snapshots.append(rng_snapshot(device))
             local_parts.append(encode_labels(chunk))
-        query_snapshot = rng_snapshot(device)
-        queries = encode_queries()
     labels = gather_labels(torch.cat(local_parts)).detach().requires_grad_()
-    query_leaves = {k: v.detach().requires_grad_() for k, v in queries.items()}
-    loss = loss_fn(query_leaves, labels)
-    names = list(query_leaves)
-    grads = torch.autograd.grad(loss, [labels, *query_leaves.values()], allow_unused=True)
-    label_grad = reduce_label_grad(grads[0] if grads[0] is not None else torch.zeros_like(labels))
-    query_grads = dict(zip(names, grads[1:]))
+    with no_sync():
+        loss = loss_fn(encode_queries(), labels)
+        loss.backward()  # query-side parameter gradients, and the cached gradient of every label embedding
+    label_grad = reduce_label_grad(labels.grad if labels.grad is not None else torch.zeros_like(labels))
 
     after = rng_snapshot(device)
     offsets = [0]
     for part in local_parts:
         offsets.append(offsets[-1] + len(part))
-    with no_sync():
-        for chunk, snapshot in enumerate(snapshots):
+    for chunk, snapshot in enumerate(snapshots):
+        with no_sync() if chunk < num_chunks - 1 else contextlib.nullcontext():
             rng_restore(snapshot, device)
             embeddings = encode_labels(chunk)
             (embeddings.float() * label_grad[offsets[chunk]:offsets[chunk + 1]]).sum().backward()
-    rng_restore(query_snapshot, device)
-    replayed = encode_queries()
-    surrogate = sum((replayed[k].float() * g).sum() for k, g in query_grads.items() if g is not None)
-    surrogate.backward()
     rng_restore(after, device)
     return loss.detach()
 
