@@ -33,5 +33,7 @@ class ExperimentConfig:
         if self.pool.all_labels and (self.model.classifier or self.model.prototypes):
             raise ValueError("pool.all_labels trains the dual encoder alone (DEXML): set model.classifier and "
                              "model.prototypes to false")
+        if self.eval.split == "validation" and self.dataset.validation_fraction <= 0:
+            raise ValueError("eval.split is 'validation' but dataset.validation_fraction is 0")
         if self.model.prototypes and self.model.de_dim and self.model.de_dim % self.model.lpn_heads:
             raise ValueError(f"model.de_dim ({self.model.de_dim}) must be divisible by model.lpn_heads")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from xmc.evaluation.propensity import DEFAULT_A, DEFAULT_B
 
 TextFields = Literal["title", "title+content"]
@@ -24,6 +26,9 @@ class DatasetConfig:
         propensity_a, propensity_b: Jain et al. constants (Amazon 0.6/2.6, Wikipedia 0.5/0.4, else 0.55/1.5).
         allow_empty_text: keep points/labels whose title (sparse layout: text line) is empty instead of
             rejecting the file; they are counted in the manifest.
+        validation_fraction: hold out this fraction of the training points (fixed ``validation_seed``) as a
+            validation split; training then never sees them (used for honest model selection by Tune).
+        validation_seed: seed of the hold-out draw.
     """
 
     name: str = ""
@@ -35,7 +40,20 @@ class DatasetConfig:
     propensity_a: float = DEFAULT_A
     propensity_b: float = DEFAULT_B
     allow_empty_text: bool = False
+    validation_fraction: float = 0.0
+    validation_seed: int = 0
 
     def validate(self) -> None:
         if self.max_len < 2:
             raise ValueError(f"dataset.max_len must be >= 2, got {self.max_len}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"dataset.validation_fraction must be in [0, 1), got {self.validation_fraction}")
+
+
+def split_validation(rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_rows, validation_rows)``: a fixed random hold-out of ``fraction`` of ``rows`` (both sorted)."""
+    if fraction <= 0:
+        return rows, rows[:0]
+    count = max(1, int(round(len(rows) * fraction)))
+    held = np.sort(np.random.default_rng(seed).choice(rows, count, replace=False))
+    return np.setdiff1d(rows, held), held

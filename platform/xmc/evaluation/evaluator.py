@@ -6,17 +6,29 @@ import numpy as np
 
 from xmc.data.dataset import PreparedDataset
 from xmc.evaluation.metrics import REPORTED_METRICS, compute_metrics
+from xmc.evaluation.propensity import inverse_propensity
 
 
 def evaluate_predictions(dataset: PreparedDataset, indices: np.ndarray, scores: np.ndarray,
-                         propensity_a: float, propensity_b: float, split: str = "test") -> dict[str, float]:
+                         propensity_a: float, propensity_b: float, split: str = "test",
+                         rows: np.ndarray | None = None, train_rows: np.ndarray | None = None) -> dict[str, float]:
     """The metrics.json mapping (percentages) for a top-k prediction on ``split``.
 
     Reciprocal pairs of the split (``filter_labels_<split>.txt``) are removed before the top-k cut and
-    propensities come from the train label frequencies.
+    propensities come from the train label frequencies. ``rows`` restricts the split (a validation hold-out
+    of the training points); ``train_rows`` restricts the points the propensities are counted on (the
+    training points that remain after the hold-out).
     """
-    metrics = compute_metrics(indices, scores, dataset.label_matrix(split),
-                              dataset.inverse_propensity(propensity_a, propensity_b),
-                              exclude=dataset.filter_matrix(split))
+    truth = dataset.label_matrix(split)
+    exclude = dataset.filter_matrix(split)
+    if rows is not None:
+        truth = truth[rows]
+        exclude = exclude[rows] if exclude is not None else None
+    if train_rows is None:
+        inv_prop = dataset.inverse_propensity(propensity_a, propensity_b)
+    else:
+        counts = np.asarray(dataset.label_matrix("train")[train_rows].sum(axis=0)).ravel()
+        inv_prop = inverse_propensity(counts, len(train_rows), propensity_a, propensity_b)
+    metrics = compute_metrics(indices, scores, truth, inv_prop, exclude=exclude)
     keys = list(REPORTED_METRICS) + (["R@100"] if "R@100" in metrics else [])
     return {key: round(metrics[key], 4) for key in keys}

@@ -22,6 +22,7 @@ class LossConfig:
         reg_weight, reg_margin: PRIME's prototype regulariser.
         topk_k, topk_alpha: DEXML's soft top-k target K and sigmoid sharpness α.
         margin_min, margin_max: dynamic margin range of the triplet loss (equal = fixed margin).
+        fixed_margin: when > 0, a fixed triplet margin (overrides margin_min/margin_max); 0 = dynamic.
         triplet_negatives: top in-batch negatives per row of the triplet loss.
         triplet_tau: softmax temperature weighting violating negatives (1 = no weighting).
     """
@@ -38,6 +39,7 @@ class LossConfig:
     topk_alpha: float = 2.0
     margin_min: float = 0.1
     margin_max: float = 0.3
+    fixed_margin: float = 0.0
     triplet_negatives: int = 10
     triplet_tau: float = 0.1
 
@@ -50,3 +52,9 @@ class LossConfig:
             raise ValueError("loss.topk_k and loss.triplet_negatives must be >= 1")
         if self.triplet_tau <= 0:
             raise ValueError(f"loss.triplet_tau must be > 0, got {self.triplet_tau}")
+
+    def margins(self) -> tuple[float, float]:
+        """(m_min, m_max) of the triplet loss."""
+        if self.fixed_margin > 0:
+            return self.fixed_margin, self.fixed_margin
+        return self.margin_min, self.margin_max

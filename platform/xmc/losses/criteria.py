@@ -33,10 +33,11 @@ def make_criterion(name: str, config: LossConfig, scale: float, generator: torch
                    positive_weights: torch.Tensor | None = None) -> CriterionFn:
     """``fn(cosines [B, P], targets [B, P], row_mask [B] | None) -> loss``."""
     if name == "triplet":
+        margin_min, margin_max = config.margins()
+
         def triplet(cos, targets, row_mask=None):
-            return dynamic_margin_triplet(cos, targets, row_mask, config.triplet_negatives, config.margin_min,
-                                          config.margin_max, config.triplet_tau, positive_weights,
-                                          generator=generator)
+            return dynamic_margin_triplet(cos, targets, row_mask, config.triplet_negatives, margin_min, margin_max,
+                                          config.triplet_tau, positive_weights, generator=generator)
         return triplet
     if name == "topk":
         def topk(cos, targets, row_mask=None):

@@ -76,8 +76,9 @@ def init_ray(address: str = "") -> None:
              log_to_driver=True)
 
 
-def build_trainer(config: ExperimentConfig, run_dir: Path):
-    """The ``TorchTrainer`` for a resolved config (paths absolute, run name set)."""
+def build_trainer(config: ExperimentConfig, run_dir: Path, callbacks: list | None = None):
+    """The ``TorchTrainer`` for a resolved config (paths absolute, run name set); ``callbacks`` are Ray
+    Train callbacks (a Tune trial passes ``TuneReportCallback``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -92,7 +93,8 @@ def build_trainer(config: ExperimentConfig, run_dir: Path):
                                      resources_per_worker=resources if cfg.num_workers else None),
         run_config=RunConfig(name=config.run.name, storage_path=config.run.storage,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             callbacks=callbacks or None),
     )
 
 

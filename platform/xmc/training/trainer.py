@@ -35,10 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from xmc.config import resolve_path
+from xmc.data.config import split_validation
 from xmc.data.dataset import PreparedDataset
 from xmc.evaluation.evaluator import evaluate_predictions
 from xmc.evaluation.predictions import save_predictions
 from xmc.evaluation.predictor import predict_topk
+from xmc.evaluation.propensity import inverse_propensity
 from xmc.experiment import ExperimentConfig
 from xmc.losses.criteria import make_criterion
 from xmc.losses.triplet import prototype_regularizer
@@ -94,6 +96,27 @@ def _device(use_gpu: bool) -> torch.device:
     return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
 
+PLACEMENT_GROUP_FILE = "placement_group.txt"
+
+
+def record_placement_group(run_dir: Path) -> None:
+    """Write the id of this worker group's Ray placement group into the run directory.
+
+    A Tune trial stopped early by ASHA is killed, and Ray Train frees its workers' placement group only
+    through a watcher that needs the dashboard's State API; :func:`xmc.tuning.sweep.release_placement_groups`
+    uses these ids to free what such runs left reserved.
+    """
+    try:
+        import ray.util
+
+        group = ray.util.get_current_placement_group()
+    except Exception:  # local mode or no Ray: nothing reserved
+        return
+    if group is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / PLACEMENT_GROUP_FILE).write_text(group.id.hex() + "\n")
+
+
 class Trainer:
     """Builds everything a worker needs from the config and runs (or resumes) the training loop."""
 
@@ -113,9 +136,18 @@ class Trainer:
         self.cache = self.dataset.token_cache(model_dir, config.dataset.max_len, config.dataset.query_text,
                                               config.dataset.label_text, progress=self.rank == 0 and cfg.progress)
         self.positives = self.dataset.label_matrix("train")
-        self.train_rows = np.flatnonzero(np.diff(self.positives.indptr) > 0)
-        self.label_weights = self.dataset.inverse_propensity(config.dataset.propensity_a,
-                                                             config.dataset.propensity_b)
+        labelled = np.flatnonzero(np.diff(self.positives.indptr) > 0)
+        # a validation hold-out never enters training: not its batches, shortlists, clusters or label counts
+        self.train_rows, self.validation_rows = split_validation(labelled, config.dataset.validation_fraction,
+                                                                 config.dataset.validation_seed)
+        self.propensity_rows = self.train_rows if len(self.validation_rows) else None
+        if self.propensity_rows is None:
+            self.label_weights = self.dataset.inverse_propensity(config.dataset.propensity_a,
+                                                                 config.dataset.propensity_b)
+        else:
+            counts = np.asarray(self.positives[self.train_rows].sum(axis=0)).ravel()
+            self.label_weights = inverse_propensity(counts, len(self.train_rows), config.dataset.propensity_a,
+                                                    config.dataset.propensity_b)
         self.num_labels = self.dataset.num_labels
 
         torch.manual_seed(cfg.seed)
@@ -156,6 +188,8 @@ class Trainer:
         self.epoch_started = time.time()
         self.reporter = RunReporter(self.run_dir, enabled=self.rank == 0)
         self.final_predictions: tuple[np.ndarray, np.ndarray] | None = None
+        if self.rank == 0:
+            record_placement_group(self.run_dir)
 
     # ------------------------------------------------------------------------------------------------------
     # setup
@@ -468,11 +502,13 @@ class Trainer:
     # evaluation
 
     def evaluate(self, final: bool) -> dict[str, dict[str, float]] | None:
-        """DE-only, classifier-only and fused (cos_DE + cos_CLF) metrics on the test split (rank 0)."""
+        """DE-only, classifier-only and fused (cos_DE + cos_CLF) metrics on ``eval.split`` (rank 0)."""
         labels_de = self._encode("labels", np.arange(self.num_labels), self.model.embed_de)
-        test_rows = np.arange(self.dataset.num_points("test"))
+        validation = self.config.eval.split == "validation"
+        split, rows = ("train", self.validation_rows) if validation else \
+            ("test", np.arange(self.dataset.num_points("test")))
         embed = self.model.embed_both if self.table is not None else self.model.embed_de
-        queries = self._encode("test", test_rows, embed)
+        queries = self._encode(split, rows, embed)
         labels_clf = self.table.full_normalized().float().cpu().numpy() if self.table is not None else None
         labels_de = self.label_vectors(labels_de)
         if self.rank != 0:
@@ -482,7 +518,8 @@ class Trainer:
 
         def score(indices, scores):
             return evaluate_predictions(self.dataset, indices, scores, cfg.dataset.propensity_a,
-                                        cfg.dataset.propensity_b)
+                                        cfg.dataset.propensity_b, split=split,
+                                        rows=rows if validation else None, train_rows=self.propensity_rows)
 
         results = {"de": score(*predict_topk(queries[:, :d], labels_de, cfg.eval))}
         if labels_clf is not None:
@@ -604,11 +641,11 @@ class Trainer:
 
         while self.epoch < cfg.epochs:
             if self.plan is None:
+                self.epoch_started = time.time()  # an epoch's time includes its mining
                 if self.config.mining.refresh_due(self.epoch):
                     self.refresh_mining()
                 self.plan = self.plan_epoch()
                 self.loss_sum, self.loss_count = 0.0, 0
-                self.epoch_started = time.time()
             bar = self._progress_bar(len(self.plan), f"epoch {self.epoch + 1}/{cfg.epochs}")
             bar.update(self.step_in_epoch)
             while self.step_in_epoch < len(self.plan):
