@@ -5,6 +5,8 @@
     # zero-shot: encode labels and test queries with a pre-trained encoder, exact inner-product search
     python jobs/evaluate.py --data data/cooking-stackexchange --encoder default --out runs/zero-shot \\
         --config configs/datasets/cooking-stackexchange.yaml
+    # an exported bundle: raw test texts through its query tower, its shards and the top-k merge (as served)
+    python jobs/evaluate.py --data data/cooking-stackexchange --bundle bundles/demo --out runs/demo-bundle
 
 PRED.npz holds ``indices`` (int64, n_test × k, −1 = none) and ``scores`` (float32, same shape). Propensity
 constants, max_len and text fields come from the dataset section of --config (defaults 0.55/1.5).
@@ -32,7 +34,9 @@ def main() -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help="PRED.npz to score")
     source.add_argument("--encoder", help="zero-shot: 'default' or a Hugging Face model directory")
-    parser.add_argument("--out", help="metrics.json path (with --predictions) or output directory (with --encoder)")
+    source.add_argument("--bundle", help="a bundle of jobs/export.py: the served model, evaluated offline")
+    parser.add_argument("--out", help="metrics.json path (with --predictions) or output directory (with --encoder "
+                                      "or --bundle)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(parser)
     args = parser.parse_args()
@@ -48,10 +52,18 @@ def main() -> int:
         metrics_path = resolve_path(args.out) if args.out else None
     else:
         if not args.out:
-            raise ConfigError("--encoder needs --out DIR for PRED.npz and metrics.json")
-        config.encoder.model = args.encoder
-        indices, scores = zero_shot_predict(dataset, config.dataset, config.encoder, config.eval,
-                                            progress=not args.quiet)
+            raise ConfigError("--encoder and --bundle need --out DIR for PRED.npz and metrics.json")
+        if args.bundle:
+            from xmc.index.bundle import Bundle
+            from xmc.index.predict import bundle_topk
+
+            bundle = Bundle(resolve_path(args.bundle))
+            texts = dataset.texts("test", bundle.manifest["query"]["text_fields"])
+            indices, scores = bundle_topk(bundle, texts, config.eval.top_k)
+        else:
+            config.encoder.model = args.encoder
+            indices, scores = zero_shot_predict(dataset, config.dataset, config.encoder, config.eval,
+                                                progress=not args.quiet)
         out_dir = resolve_path(args.out)
         save_predictions(out_dir / "PRED.npz", indices, scores)
         metrics_path = out_dir / "metrics.json"

@@ -501,16 +501,24 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------
     # evaluation
 
+    def scoring_vectors(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The label vectors the model ranks by: ``(DE side, classifier side or None)``, both L2-normalised.
+
+        A query's fused score is ``[q_DE ; q_CLF] · [DE ; CLF]`` = cos_DE + cos_CLF (see
+        :meth:`xmc.models.xmc_model.XMCModel.embed_both`). Every worker calls it; every worker gets both.
+        """
+        labels_de = self._encode("labels", np.arange(self.num_labels), self.model.embed_de)
+        labels_clf = self.table.full_normalized().float().cpu().numpy() if self.table is not None else None
+        return self.label_vectors(labels_de), labels_clf
+
     def evaluate(self, final: bool) -> dict[str, dict[str, float]] | None:
         """DE-only, classifier-only and fused (cos_DE + cos_CLF) metrics on ``eval.split`` (rank 0)."""
-        labels_de = self._encode("labels", np.arange(self.num_labels), self.model.embed_de)
+        labels_de, labels_clf = self.scoring_vectors()
         validation = self.config.eval.split == "validation"
         split, rows = ("train", self.validation_rows) if validation else \
             ("test", np.arange(self.dataset.num_points("test")))
         embed = self.model.embed_both if self.table is not None else self.model.embed_de
         queries = self._encode(split, rows, embed)
-        labels_clf = self.table.full_normalized().float().cpu().numpy() if self.table is not None else None
-        labels_de = self.label_vectors(labels_de)
         if self.rank != 0:
             return None
         cfg = self.config

@@ -1,0 +1,110 @@
+"""The export bundle: a self-describing directory that is all Serve (or offline evaluation) needs.
+
+    manifest.json        format, version, created, source run and checkpoint, config, counts, sha256 of every file
+    encoder/             the fine-tuned backbone (safetensors) and its tokenizer
+    heads.safetensors    the query-side heads (DE projection, classifier projection)
+    labels.parquet       id, uid, text of every label
+    shards/00000/        index.faiss (faiss's own binary format) + label_ids.npy, one directory per shard
+
+Nothing is pickled. The bundle is written into a temporary directory, manifest last, and renamed into place,
+so a directory with a manifest is complete; loading re-hashes the files a component uses and refuses a
+missing or altered one by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from xmc.data.errors import DataError
+from xmc.io import sha256_file
+
+FORMAT = "xmc-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(DataError):
+    """A bundle that is missing, partial, corrupt or of another format: ``PATH: what is wrong``."""
+
+    def __init__(self, path: str | os.PathLike, message: str):
+        super().__init__(path, None, message)
+
+
+def shard_dir(shard: int) -> str:
+    return f"shards/{shard:05d}"
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """sha256 of every file under ``directory`` (except the manifest), keyed by POSIX relative path."""
+    return {path.relative_to(directory).as_posix(): sha256_file(path)
+            for path in sorted(directory.rglob("*")) if path.is_file() and path.name != MANIFEST}
+
+
+class Bundle:
+    """Read access to an exported bundle; every loader verifies the checksums of the files it reads."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        path = self.directory / MANIFEST
+        if not self.directory.is_dir():
+            raise BundleError(self.directory, "no such bundle directory; expected the --out of jobs/export.py")
+        if not path.is_file():
+            raise BundleError(path, "missing: the bundle is partial or not a bundle (jobs/export.py writes the "
+                                    "manifest last); re-export it")
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BundleError(path, f"unreadable ({err}); re-export the bundle") from None
+        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            raise BundleError(path, f"format {manifest.get('format')!r} v{manifest.get('format_version')}, expected "
+                                    f"{FORMAT!r} v{FORMAT_VERSION}")
+        self.manifest = manifest
+        self.version: str = manifest["version"]
+        self.num_labels: int = int(manifest["counts"]["labels"])
+        self.num_shards: int = int(manifest["counts"]["shards"])
+
+    def verify(self, prefix: str = "") -> None:
+        """Check that every manifest file under ``prefix`` exists and has its recorded sha256."""
+        files = {rel: digest for rel, digest in self.manifest["files"].items() if rel.startswith(prefix)}
+        if not files:
+            raise BundleError(self.directory / prefix, "not listed in the manifest; the bundle is incomplete")
+        for rel, expected in files.items():
+            path = self.directory / rel
+            if not path.is_file():
+                raise BundleError(path, "missing: the bundle is partial; re-export it")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise BundleError(path, f"sha256 {actual[:16]}… does not match the manifest's {expected[:16]}…: "
+                                        "the file is corrupt; re-export the bundle")
+
+    def load_shard(self, shard: int):
+        """The faiss index and global label ids of one shard (checksums verified)."""
+        from xmc.index.shards import ShardIndex
+
+        if not 0 <= shard < self.num_shards:
+            raise BundleError(self.directory, f"shard {shard} requested but the bundle has {self.num_shards} shards")
+        self.verify(shard_dir(shard) + "/")
+        return ShardIndex.load(self.directory / shard_dir(shard))
+
+    def load_labels(self) -> tuple[list, list[str]]:
+        """``(uids, texts)`` of all labels, in label-id order."""
+        import pyarrow.parquet as pq
+
+        self.verify("labels.parquet")
+        table = pq.read_table(self.directory / "labels.parquet")
+        ids = table.column("id").to_numpy()
+        if not np.array_equal(ids, np.arange(self.num_labels)):
+            raise BundleError(self.directory / "labels.parquet", "ids are not 0..labels-1 in order")
+        return table.column("uid").to_pylist(), table.column("text").to_pylist()
+
+    def load_query_encoder(self, device: str = "cpu"):
+        """The query tower (tokenizer, fine-tuned encoder, heads) that produces the vectors the shards index."""
+        from xmc.index.query_encoder import QueryEncoder
+
+        self.verify("encoder/")
+        self.verify("heads.safetensors")
+        return QueryEncoder(self.directory, self.manifest["query"], device=device)

@@ -1,0 +1,1 @@
+"""The Ray Serve application (``serve.app:app``) and its deploy config (``serve/config.yaml``)."""

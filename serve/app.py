@@ -1,0 +1,253 @@
+"""Ray Serve application: an HTTP ingress that encodes queries, N label-index shard deployments, a top-k merge.
+
+    serve run serve.app:app bundle=bundles/demo shards=2          # local Ray, HTTP on 127.0.0.1:8000
+    serve deploy serve/config.yaml                                # the same app on a running cluster
+
+API::
+
+    POST /v1/predict  {"text": str} | {"texts": [str, ...]}, optional "k" (1..100, default 10)
+                      -> {"results": [[{"id", "uid", "label", "score"}, ...], ...], "version": str}
+    GET  /healthz     -> {"status": "ok", "version": str}
+    GET  /v1/info     -> bundle version, counts, shards, source run
+
+Hot swap: the bundle path travels in each deployment's ``user_config``, so deploying the same app with another
+``bundle=`` only reconfigures the running replicas (Serve's lightweight update) instead of replacing them. Each
+request is pinned to the bundle version that encoded it: shards keep the previous version loaded while newer
+requests arrive, and load a version they do not hold yet on demand, so a request never mixes an encoder of one
+version with label vectors of another, and none is dropped during the swap.
+"""
+
+import asyncio
+import collections
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from xmc.index.bundle import Bundle
+from xmc.index.shards import merge_topk
+
+MAX_TEXTS = 64          # texts per request
+MAX_TEXT_CHARS = 2000   # characters per text (the encoder truncates to max_len tokens anyway)
+MAX_K = 100
+VERSIONS_KEPT = 2       # bundle versions a shard replica keeps loaded (the current one and the one before)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# request validation
+
+
+class PredictRequest(BaseModel):
+    """One query (``text``) or a list (``texts``), and how many labels to return."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    texts: list[str] | None = None
+    k: int = Field(10, ge=1, le=MAX_K)
+
+    @model_validator(mode="after")
+    def _one_kind_of_input(self) -> "PredictRequest":
+        if (self.text is None) == (self.texts is None):
+            raise ValueError('give exactly one of "text" (a string) or "texts" (a list of strings)')
+        texts = self.all_texts()
+        if not texts:
+            raise ValueError('"texts" is empty; expected 1 to %d strings' % MAX_TEXTS)
+        if len(texts) > MAX_TEXTS:
+            raise ValueError(f'"texts" has {len(texts)} strings; at most {MAX_TEXTS} per request')
+        for position, text in enumerate(texts):
+            where = "text" if self.text is not None else f"texts[{position}]"
+            if not text.strip():
+                raise ValueError(f'"{where}" is empty; expected a non-blank string')
+            if len(text) > MAX_TEXT_CHARS:
+                raise ValueError(f'"{where}" has {len(text)} characters; at most {MAX_TEXT_CHARS}')
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+def _describe(error: dict) -> str:
+    """One readable line for a pydantic error: where (JSON path) and what is wrong."""
+    if error.get("type") == "json_invalid":
+        return f"request body is not valid JSON ({error.get('ctx', {}).get('error', 'decode error')})"
+    where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+api = FastAPI(title="xmc-platform", docs_url=None, redoc_url=None)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
+    return JSONResponse(status_code=status, content={"error": "; ".join(_describe(e) for e in errors)})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# deployments
+
+
+@dataclass
+class _LoadedBundle:
+    """What the ingress holds for one bundle version."""
+
+    path: str
+    version: str
+    info: dict
+    encoder: Any
+    uids: list
+    labels: list[str]
+
+
+def _load_ingress_bundle(path: str) -> _LoadedBundle:
+    bundle = Bundle(path)
+    uids, labels = bundle.load_labels()
+    manifest = bundle.manifest
+    info = {"version": bundle.version, "labels": bundle.num_labels, "shards": bundle.num_shards,
+            "dim": manifest["counts"]["dim"], "score": manifest["score"], "created": manifest["created"],
+            "source": manifest["source"], "indexes": [s["index"] for s in manifest["shards"]]}
+    return _LoadedBundle(path, bundle.version, info, bundle.load_query_encoder(), uids, labels)
+
+
+@serve.deployment
+class IndexShard:
+    """One shard of the label index (faiss), searched with batched query vectors."""
+
+    def __init__(self, shard: int):
+        self.shard = shard
+        self.loaded: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self.lock = asyncio.Lock()
+
+    async def reconfigure(self, config: dict) -> None:
+        bundle = Bundle(config["bundle"])
+        await self._index(bundle.version, config["bundle"])
+
+    async def _index(self, version: str, path: str):
+        """The shard of ``version``, loading it from ``path`` when this replica does not hold it."""
+        if version in self.loaded:
+            self.loaded.move_to_end(version)
+            return self.loaded[version]
+        async with self.lock:
+            if version not in self.loaded:
+                bundle = Bundle(path)
+                if bundle.version != version:
+                    raise RuntimeError(f"{path} now holds bundle version {bundle.version}, not {version}")
+                self.loaded[version] = await asyncio.to_thread(bundle.load_shard, self.shard)
+                while len(self.loaded) > VERSIONS_KEPT:
+                    self.loaded.popitem(last=False)
+            return self.loaded[version]
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def search(self, vectors: list[np.ndarray], ks: list[int], versions: list[str],
+                     paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per request: ``(scores, global label ids)`` of its rows; requests of one version share one search."""
+        results: list = [None] * len(vectors)
+        for version in dict.fromkeys(versions):
+            members = [i for i, v in enumerate(versions) if v == version]
+            index = await self._index(version, paths[members[0]])
+            stacked = np.concatenate([vectors[i] for i in members])
+            scores, ids = await asyncio.to_thread(index.search, stacked, max(ks[i] for i in members))
+            start = 0
+            for i in members:
+                stop = start + len(vectors[i])
+                results[i] = (scores[start:stop, :ks[i]], ids[start:stop, :ks[i]])
+                start = stop
+        return results
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    """Validates requests, encodes queries (batched across requests), fans out to the shards, merges."""
+
+    def __init__(self, shards: list[DeploymentHandle]):
+        self.shards = shards
+        self.current: _LoadedBundle | None = None
+
+    async def reconfigure(self, config: dict) -> None:
+        loaded = await asyncio.to_thread(_load_ingress_bundle, config["bundle"])
+        if loaded.info["shards"] != len(self.shards):
+            raise ValueError(f"bundle {config['bundle']} has {loaded.info['shards']} shards but this app was "
+                             f"deployed with {len(self.shards)}; redeploy with shards={loaded.info['shards']}")
+        self.current = loaded  # requests already encoded keep the version they started with
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.003)
+    async def _encode(self, requests: list[list[str]]) -> list[tuple[np.ndarray, _LoadedBundle]]:
+        """One forward pass for the texts of several concurrent requests (all on the same bundle version)."""
+        loaded = self.current
+        flat = [text for texts in requests for text in texts]
+        vectors = await asyncio.to_thread(loaded.encoder.encode, flat)
+        out, start = [], 0
+        for texts in requests:
+            out.append((vectors[start:start + len(texts)], loaded))
+            start += len(texts)
+        return out
+
+    @api.post("/v1/predict")
+    async def predict(self, body: PredictRequest) -> dict:
+        vectors, loaded = await self._encode(body.all_texts())
+        parts = await asyncio.gather(*[shard.search.remote(vectors, body.k, loaded.version, loaded.path)
+                                       for shard in self.shards])
+        scores, ids = merge_topk(list(parts), body.k)
+        results = [[{"id": int(label), "uid": loaded.uids[label], "label": loaded.labels[label],
+                     "score": float(score)} for label, score in zip(row_ids, row_scores) if label >= 0]
+                   for row_ids, row_scores in zip(ids, scores)]
+        return {"results": results, "version": loaded.version}
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "version": self.current.version}
+
+    @api.get("/v1/info")
+    async def info(self) -> dict:
+        return self.current.info
+
+
+# --------------------------------------------------------------------------------------------------------------
+# application builder (serve run serve.app:app bundle=DIR shards=N; serve deploy serve/config.yaml)
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`app` (``key=value`` after ``serve run``, or ``args:`` in serve/config.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str
+    shards: int | None = None
+    shard_replicas: int = Field(1, ge=1)
+    ingress_replicas: int = Field(1, ge=1)
+    shard_cpus: float = Field(0.5, gt=0)
+    ingress_cpus: float = Field(1.0, gt=0)
+
+
+def _resolve(path: str) -> str:
+    """Relative bundle paths resolve against $XMC_WORKDIR (set it when deploying to a cluster), else cwd."""
+    base = os.environ.get("XMC_WORKDIR", os.getcwd())
+    return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
+
+
+def app(args: dict) -> serve.Application:
+    """Build the application for a bundle; ``shards`` (if given) must match the bundle's shard count."""
+    settings = AppArgs(**args)
+    path = _resolve(settings.bundle)
+    bundle = Bundle(path)
+    if settings.shards is not None and settings.shards != bundle.num_shards:
+        raise ValueError(f"shards={settings.shards} but bundle {path} was exported with {bundle.num_shards} "
+                         f"shards; pass shards={bundle.num_shards} or re-export with --shards {settings.shards}")
+    user_config = {"bundle": path}
+    shards = [IndexShard.options(name=f"IndexShard{number}", num_replicas=settings.shard_replicas,
+                                 user_config=user_config,
+                                 ray_actor_options={"num_cpus": settings.shard_cpus}).bind(number)
+              for number in range(bundle.num_shards)]
+    return Ingress.options(num_replicas=settings.ingress_replicas, user_config=user_config,
+                           ray_actor_options={"num_cpus": settings.ingress_cpus}).bind(shards)

@@ -1,0 +1,249 @@
+"""Export bundles and the Ray Serve app on a real subset of cooking-stackexchange: checksums, offline/served
+equality, request validation, and a hot swap under load that drops nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from xmc.config import load_config
+from xmc.data.prepare import prepare_dataset
+from xmc.experiment import ExperimentConfig
+from xmc.index.bundle import Bundle, BundleError
+
+from conftest import LOOPBACK_ENV, REPO, run_job, write_lf_subset
+
+N_TRAIN, N_TEST = 512, 200
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
+        "GLOO_SOCKET_IFNAME": "lo", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **LOOPBACK_ENV}})
+    yield
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cooking_source, ray_session) -> Path:
+    """One epoch on 512 real queries, checkpointed every 4 of its 8 steps (two checkpoints kept)."""
+    from xmc.training.driver import run_training
+
+    root = tmp_path_factory.mktemp("serve-run")
+    source = write_lf_subset(cooking_source, root / "source", N_TRAIN, N_TEST)
+    prepare_dataset(source, root / "prepared")
+    values = {"dataset.source": source, "dataset.prepared": root / "prepared", "dataset.max_len": 32,
+              "train.epochs": 1, "train.batch_size": 64, "train.progress": False, "train.num_workers": 1,
+              "train.checkpoint_every_steps": 4, "train.keep_checkpoints": 2, "run.storage": root / "runs",
+              "run.name": "serve"}
+    config = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml", [f"{k}={v}" for k, v in values.items()])
+    _, run_dir = run_training(config)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def bundles(trained_run, tmp_path_factory) -> tuple[Path, Path]:
+    """The final model (through the CLI) and the mid-epoch checkpoint: two versions of the same shape."""
+    from xmc.index.config import ExportConfig
+    from xmc.index.export import export_run
+
+    out = tmp_path_factory.mktemp("bundles")
+    checkpoints = sorted(p.name for p in trained_run.glob("checkpoint_*") if p.is_dir())
+    assert len(checkpoints) == 2, checkpoints
+    run_job("export.py", "--run", str(trained_run), "--shards", "2", "--out", str(out / "final"))
+    export_run(trained_run, out / "mid", ExportConfig(shards=2, checkpoint=checkpoints[0]))
+    return out / "final", out / "mid"
+
+
+def test_export_writes_a_verified_bundle_that_scores_like_the_run(trained_run, bundles, tmp_path):
+    final, mid = bundles
+    bundle = Bundle(final)
+    manifest = bundle.manifest
+    assert manifest["counts"] == {"labels": 736, "shards": 2, "dim": 768}  # [DE ; CLF], 384 each
+    assert [s["labels"] for s in manifest["shards"]] == [368, 368]
+    assert manifest["source"]["checkpoint"] == max(p.name for p in trained_run.glob("checkpoint_*") if p.is_dir())
+    assert {"encoder/model.safetensors", "heads.safetensors", "labels.parquet", "shards/00000/index.faiss",
+            "shards/00001/label_ids.npy"} <= set(manifest["files"])
+    assert not list(final.rglob("*.pkl")) and not list(final.rglob("*.bin"))
+    bundle.verify()
+    assert Bundle(mid).version != bundle.version
+
+    # the bundle, evaluated offline from raw test texts, ranks like the run's own final evaluation
+    run_job("evaluate.py", "--data", str(trained_run.parent.parent / "prepared"), "--bundle", str(final),
+            "--out", str(tmp_path))
+    served = json.loads((tmp_path / "metrics.json").read_text())
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    for key in ("P@1", "P@5", "PSP@5"):
+        assert served[key] == pytest.approx(trained[key], abs=0.51), key  # one query of 200 may flip on a tie
+    with np.load(tmp_path / "PRED.npz") as offline, np.load(trained_run / "predictions.npz") as run:
+        assert np.mean(offline["indices"][:, 0] == run["indices"][:, 0]) >= 0.99
+
+
+def test_corrupt_or_partial_bundle_is_refused_by_name(bundles, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundles[0], broken)
+    index_file = broken / "shards" / "00001" / "index.faiss"
+    data = bytearray(index_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    index_file.write_bytes(bytes(data))
+    Bundle(broken).load_shard(0)  # the intact shard still loads
+    with pytest.raises(BundleError, match=r"shards/00001/index\.faiss: sha256 .* corrupt"):
+        Bundle(broken).load_shard(1)
+
+    (broken / "labels.parquet").unlink()
+    with pytest.raises(BundleError, match=r"labels\.parquet: missing"):
+        Bundle(broken).load_labels()
+
+    (broken / "manifest.json").unlink()
+    with pytest.raises(BundleError, match=r"manifest\.json: missing: the bundle is partial"):
+        Bundle(broken)
+    proc = run_job("evaluate.py", "--data", str(tmp_path), "--bundle", str(broken), "--out", str(tmp_path / "o"),
+                   check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Serve
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(bundles, ray_session):
+    """The app serving the final bundle on 127.0.0.1; yields its base URL."""
+    from ray import serve
+
+    sys_path_app = _serve_app()
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(sys_path_app.app({"bundle": str(bundles[0]), "shards": 2}), name="xmc", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.delete("xmc")
+
+
+def _serve_app():
+    import importlib
+    import sys
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module("serve.app")
+
+
+def test_served_top_k_equals_the_offline_top_k(served, bundles, trained_run):
+    from xmc.data.dataset import PreparedDataset
+    from xmc.index.predict import bundle_topk
+
+    bundle = Bundle(bundles[0])
+    texts = PreparedDataset(trained_run.parent.parent / "prepared").texts("test")
+    offline_ids, offline_scores = bundle_topk(bundle, texts, 10)
+    info = requests.get(f"{served}/v1/info", timeout=30).json()
+    assert info["version"] == bundle.version and info["labels"] == 736 and info["shards"] == 2
+    assert requests.get(f"{served}/healthz", timeout=30).json() == {"status": "ok", "version": bundle.version}
+
+    uids, labels = bundle.load_labels()
+    served_ids, served_scores = [], []
+    for start in range(0, len(texts), 50):
+        reply = requests.post(f"{served}/v1/predict", json={"texts": texts[start:start + 50], "k": 10}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["version"] == bundle.version
+        for row in body["results"]:
+            assert [hit["label"] for hit in row] == [labels[hit["id"]] for hit in row]
+            assert [hit["uid"] for hit in row] == [uids[hit["id"]] for hit in row]
+            served_ids.append([hit["id"] for hit in row])
+            served_scores.append([hit["score"] for hit in row])
+    served_ids, served_scores = np.array(served_ids), np.array(served_scores)
+    assert served_ids.shape == (N_TEST, 10)
+    np.testing.assert_allclose(served_scores, offline_scores, atol=1e-4)
+    # identical ranking, except that labels whose scores tie within float noise may swap places
+    differs = served_ids != offline_ids
+    assert np.all(np.abs(served_scores - offline_scores)[differs] < 1e-4)
+    assert differs.mean() < 0.01
+
+    single = requests.post(f"{served}/v1/predict", json={"text": texts[0], "k": 3}, timeout=30).json()
+    assert [hit["id"] for hit in single["results"][0]] == offline_ids[0, :3].tolist()
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"text": "   "}, 422, '"text" is empty'),
+    ({"texts": []}, 422, '"texts" is empty'),
+    ({"texts": ["ok", ""]}, 422, '"texts[1]" is empty'),
+    ({"texts": ["salt"] * 65}, 422, "at most 64 per request"),
+    ({"text": "x" * 2001}, 422, "at most 2000"),
+    ({"text": "salt", "k": 0}, 422, "k: Input should be greater than or equal to 1"),
+    ({"text": "salt", "k": 101}, 422, "k: Input should be less than or equal to 100"),
+    ({"text": "salt", "texts": ["salt"]}, 422, 'exactly one of "text"'),
+    ({"query": "salt"}, 422, "query: Extra inputs are not permitted"),
+    ({"text": 3}, 422, "text: Input should be a valid string"),
+    ("{not json", 400, "not valid JSON"),
+])
+def test_bad_requests_get_a_4xx_that_says_what_is_wrong(served, body, status, message):
+    if isinstance(body, str):
+        reply = requests.post(f"{served}/v1/predict", data=body, headers={"Content-Type": "application/json"},
+                              timeout=30)
+    else:
+        reply = requests.post(f"{served}/v1/predict", json=body, timeout=30)
+    assert reply.status_code == status, reply.text
+    assert message in reply.json()["error"], reply.json()
+
+
+def test_hot_swap_under_load_drops_no_request(served, bundles):
+    from ray import serve
+
+    app_module = _serve_app()
+    final, mid = (Bundle(path).version for path in bundles)
+    stop = threading.Event()
+    answers: list[tuple[float, str]] = []
+    failures: list[str] = []
+
+    def client(texts: list[str]) -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                reply = session.post(f"{served}/v1/predict", json={"texts": texts, "k": 5}, timeout=60)
+                if reply.status_code != 200 or len(reply.json()["results"]) != len(texts):
+                    failures.append(f"{reply.status_code}: {reply.text[:200]}")
+                else:
+                    answers.append((time.monotonic(), reply.json()["version"]))
+            except requests.RequestException as err:
+                failures.append(repr(err))
+
+    queries = [["how long to boil an egg"], ["sourdough starter smells like acetone", "cast iron rust"],
+               ["substitute for buttermilk"], ["why did my caramel crystallize"]]
+    threads = [threading.Thread(target=client, args=(texts,)) for texts in queries]  # 4 concurrent clients
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    swap_started = time.monotonic()
+    serve.run(app_module.app({"bundle": str(bundles[1]), "shards": 2}), name="xmc", route_prefix="/")
+    swapped = time.monotonic()
+    time.sleep(3)
+    stop.set()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    before = [version for at, version in answers if at < swap_started]
+    after = [version for at, version in answers if at > swapped + 0.5]
+    assert {version for _, version in answers} <= {final, mid}
+    assert final in {version for _, version in answers} and after and set(after) == {mid}
+    assert before and set(before) == {final}
+    assert len(answers) > 20
