@@ -24,6 +24,7 @@ class AnnConfig:
         exact_below: size threshold of ``auto``.
         ivf_lists: IVF inverted lists; 0 = 4·sqrt(n), capped so each list trains on >= 39 points.
         ivf_nprobe: lists scanned per query (recall/latency knob).
+        ivf_train_per_list: k-means training points per list (faiss warns below 39; 256 is its cap).
         hnsw_m: HNSW graph degree.
         hnsw_ef_search: HNSW search beam (recall/latency knob).
         use_gpu: put flat/IVF indexes on the GPU when faiss has GPU support.
@@ -33,6 +34,7 @@ class AnnConfig:
     exact_below: int = 1_000_000
     ivf_lists: int = 0
     ivf_nprobe: int = 32
+    ivf_train_per_list: int = 256
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     use_gpu: bool = False
@@ -65,8 +67,9 @@ def build_index(vectors: np.ndarray, config: AnnConfig | None = None, seed: int 
         index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
         sample = vectors
-        if n > lists * 256:  # faiss trains on at most 256 points per list anyway
-            sample = vectors[np.random.default_rng(seed).choice(n, lists * 256, replace=False)]
+        if n > lists * config.ivf_train_per_list:  # faiss trains on at most 256 points per list anyway
+            sample = vectors[np.random.default_rng(seed).choice(n, lists * config.ivf_train_per_list,
+                                                                replace=False)]
         index.train(sample)
         index.nprobe = min(config.ivf_nprobe, lists)
     if config.use_gpu and kind in ("flat", "ivf") and hasattr(faiss, "StandardGpuResources"):
