@@ -84,3 +84,28 @@ def cooking_prepared(tmp_path_factory, cooking_source) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "cooking-stackexchange"
     prepare_dataset(cooking_source, out)
     return out
+
+
+def start_ray() -> None:
+    """A fresh local Ray on 127.0.0.1 for a test module (2 CPUs, no dashboard), replacing any Ray that an
+    earlier in-process run (Ray Train's local mode) left initialised."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
+        "GLOO_SOCKET_IFNAME": "lo", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **LOOPBACK_ENV}})
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """Ray for the tests of one module; Serve (if a test started it) and Ray are stopped afterwards."""
+    import ray
+
+    start_ray()
+    yield
+    if "ray.serve" in sys.modules:
+        from ray import serve
+
+        serve.shutdown()
+    ray.shutdown()

@@ -19,22 +19,9 @@ from xmc.data.prepare import prepare_dataset
 from xmc.experiment import ExperimentConfig
 from xmc.index.bundle import Bundle, BundleError
 
-from conftest import LOOPBACK_ENV, REPO, run_job, write_lf_subset
+from conftest import REPO, run_job, write_lf_subset
 
 N_TRAIN, N_TEST = 512, 200
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
-        "GLOO_SOCKET_IFNAME": "lo", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **LOOPBACK_ENV}})
-    yield
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

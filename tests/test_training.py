@@ -50,16 +50,6 @@ def metrics_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
-        "GLOO_SOCKET_IFNAME": "lo", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **LOOPBACK_ENV}})
-    yield
-    ray.shutdown()
-
-
 # Runs compared with each other use no dropout: then 1 and 2 workers differ only in float summation order,
 # and a resumed run must reproduce the uninterrupted one.
 NO_DROPOUT = {"model.dropout": 0.0}
