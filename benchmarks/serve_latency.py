@@ -132,6 +132,46 @@ def served(bundle_dir: Path, queries: list[str], total: int, levels: list[int], 
         ray.shutdown()
 
 
+def index_choices(bundle, queries: list[str], k: int, nprobes: list[int], ef_searches: list[int]) -> dict:
+    """On the bundle's real label vectors and real query vectors: recall@k and single-query latency of IVF
+    and HNSW shards against the exact shards (what ``ann.kind`` / ``ann.exact_below`` choose between)."""
+    from xmc.index.shards import ShardIndex, merge_topk
+    from xmc.mining.ann import AnnConfig, build_index
+
+    encoder = bundle.load_query_encoder()
+    vectors = encoder.encode(queries)
+    exact = [bundle.load_shard(number) for number in range(bundle.num_shards)]
+    _, truth = merge_topk([shard.search(vectors, k) for shard in exact], k)
+    label_vectors = [shard.index.reconstruct_n(0, shard.index.ntotal) for shard in exact]
+
+    def measure(shards: list) -> dict:
+        _, found = merge_topk([shard.search(vectors, k) for shard in shards], k)
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth)])
+        single = []
+        for row in vectors[:300]:
+            t0 = time.perf_counter()
+            merge_topk([shard.search(row[None], k) for shard in shards], k)
+            single.append(time.perf_counter() - t0)
+        return {"recall@10": round(float(recall), 4), **percentiles(single)}
+
+    report = {"queries": len(queries), "flat": measure(exact)}
+    for kind, knob, values in (("ivf", "nprobe", nprobes), ("hnsw", "efSearch", ef_searches)):
+        t0 = time.perf_counter()
+        shards = [ShardIndex(build_index(vecs, AnnConfig(kind=kind)), shard.label_ids)
+                  for vecs, shard in zip(label_vectors, exact)]
+        built = round(time.perf_counter() - t0, 1)
+        rows = []
+        for value in values:
+            for shard in shards:
+                if kind == "ivf":
+                    shard.index.nprobe = value
+                else:
+                    shard.index.hnsw.efSearch = value
+            rows.append({knob: value, **measure(shards)})
+        report[kind] = {"build_seconds": built, "by_setting": rows}
+    return report
+
+
 def clustered_vectors(rng: np.random.Generator, centers: np.ndarray, count: int, spread: float) -> np.ndarray:
     """``count`` unit vectors, each near a random center (cosine to it about 1/sqrt(1 + spread^2))."""
     dim = centers.shape[1]
@@ -196,7 +236,11 @@ def main() -> None:
     parser.add_argument("--scale-shards", type=int, default=4)
     parser.add_argument("--scale-dim", type=int, default=384)
     parser.add_argument("--scale-queries", type=int, default=1000)
-    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
+    parser.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--index-choices", action="store_true",
+                        help="also compare exact, IVF and HNSW shards on the bundle's real vectors (recall, latency)")
+    parser.add_argument("--skip-serve", action="store_true", help="no Serve load test (with --index-choices)")
     args = parser.parse_args()
     report: dict = {"cpus": os.cpu_count()}
     if not args.scale_only:
@@ -208,11 +252,14 @@ def main() -> None:
         queries = benchmark_queries(bundle, args.requests)
         report["bundle"] = {"version": bundle.version, "labels": bundle.num_labels, "shards": bundle.num_shards,
                             "indexes": [s["index"] for s in bundle.manifest["shards"]]}
-        report["in_process"] = in_process(bundle, queries[:500], args.k)
-        report["served"] = served(bundle.directory, queries, args.requests, args.concurrency, args.k)
-        for level in report["served"]:
-            if "p50_ms" in level:
-                level["p50_ratio"] = round(level["p50_ms"] / report["in_process"]["p50_ms"], 2)
+        if args.index_choices:
+            report["index_choices"] = index_choices(bundle, queries[:1000], args.k, args.nprobe[:4], args.ef_search)
+        if not args.skip_serve:
+            report["in_process"] = in_process(bundle, queries[:500], args.k)
+            report["served"] = served(bundle.directory, queries, args.requests, args.concurrency, args.k)
+            for level in report["served"]:
+                if "p50_ms" in level:
+                    level["p50_ratio"] = round(level["p50_ms"] / report["in_process"]["p50_ms"], 2)
         print(json.dumps(report, indent=1), file=sys.stderr, flush=True)  # partial result before the long part
     if not args.skip_scale:
         report["scale"] = scale_run(args.scale_labels, args.scale_shards, args.scale_dim, args.scale_queries,

@@ -119,7 +119,9 @@ def _load_ingress_bundle(path: str) -> _LoadedBundle:
     return _LoadedBundle(path, bundle.version, info, bundle.load_query_encoder(), uids, labels)
 
 
-@serve.deployment
+# Serve's default of 5 requests in flight per replica starves batching: at 16 concurrent clients the router
+# keeps retrying full replicas with backoff (p50 ~1 s on 2 cores). Batches need many requests in flight.
+@serve.deployment(max_ongoing_requests=256)
 class IndexShard:
     """One shard of the label index (faiss), searched with batched query vectors."""
 
@@ -147,7 +149,7 @@ class IndexShard:
                     self.loaded.popitem(last=False)
             return self.loaded[version]
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
     async def search(self, vectors: list[np.ndarray], ks: list[int], versions: list[str],
                      paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per request: ``(scores, global label ids)`` of its rows; requests of one version share one search."""
@@ -165,7 +167,7 @@ class IndexShard:
         return results
 
 
-@serve.deployment
+@serve.deployment(max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
     """Validates requests, encodes queries (batched across requests), fans out to the shards, merges."""
@@ -181,7 +183,7 @@ class Ingress:
                              f"deployed with {len(self.shards)}; redeploy with shards={loaded.info['shards']}")
         self.current = loaded  # requests already encoded keep the version they started with
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.003)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001)
     async def _encode(self, requests: list[list[str]]) -> list[tuple[np.ndarray, _LoadedBundle]]:
         """One forward pass for the texts of several concurrent requests (all on the same bundle version)."""
         loaded = self.current

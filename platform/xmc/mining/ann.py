@@ -20,8 +20,10 @@ class AnnConfig:
     """Which faiss index to build over label vectors.
 
     Args:
-        kind: ``auto`` (flat below ``exact_below`` vectors, IVF above), ``flat``, ``ivf`` or ``hnsw``.
+        kind: ``auto`` (flat below ``exact_below`` vectors, ``large_kind`` above), ``flat``, ``ivf`` or ``hnsw``.
         exact_below: size threshold of ``auto``.
+        large_kind: what ``auto`` builds above the threshold: ``ivf`` (cheap to build: mining rebuilds it
+            every refresh) or ``hnsw`` (better recall per millisecond: serving builds it once).
         ivf_lists: IVF inverted lists; 0 = 4·sqrt(n), capped so each list trains on >= 39 points.
         ivf_nprobe: lists scanned per query (recall/latency knob).
         ivf_train_per_list: k-means training points per list (faiss warns below 39; 256 is its cap).
@@ -32,6 +34,7 @@ class AnnConfig:
 
     kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
     exact_below: int = 1_000_000
+    large_kind: Literal["ivf", "hnsw"] = "ivf"
     ivf_lists: int = 0
     ivf_nprobe: int = 32
     ivf_train_per_list: int = 256
@@ -43,7 +46,7 @@ class AnnConfig:
 def resolved_kind(config: AnnConfig, num_vectors: int) -> str:
     if config.kind != "auto":
         return config.kind
-    return "flat" if num_vectors < config.exact_below else "ivf"
+    return "flat" if num_vectors < config.exact_below else config.large_kind
 
 
 def build_index(vectors: np.ndarray, config: AnnConfig | None = None, seed: int = 0):

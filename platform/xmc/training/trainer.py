@@ -107,10 +107,13 @@ def record_placement_group(run_dir: Path) -> None:
     uses these ids to free what such runs left reserved.
     """
     try:
+        import ray
         import ray.util
 
+        if not ray.is_initialized():  # local mode, export: asking would start a Ray just to answer None
+            return
         group = ray.util.get_current_placement_group()
-    except Exception:  # local mode or no Ray: nothing reserved
+    except Exception:  # no Ray: nothing reserved
         return
     if group is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
