@@ -132,6 +132,21 @@ def served(bundle_dir: Path, queries: list[str], total: int, levels: list[int], 
         ray.shutdown()
 
 
+def recall_and_latency(shards: list, vectors: np.ndarray, truth: np.ndarray, k: int, timed: int) -> dict:
+    """Recall@k of the merged sharded search against ``truth`` ids, and its latency one query at a time
+    over the first ``timed`` queries."""
+    from xmc.index.shards import merge_topk
+
+    _, found = merge_topk([shard.search(vectors, k) for shard in shards], k)
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth)])
+    single = []
+    for row in vectors[:timed]:
+        t0 = time.perf_counter()
+        merge_topk([shard.search(row[None], k) for shard in shards], k)
+        single.append(time.perf_counter() - t0)
+    return {"recall@10": round(float(recall), 4), **percentiles(single)}
+
+
 def index_choices(bundle, queries: list[str], k: int, nprobes: list[int], ef_searches: list[int]) -> dict:
     """On the bundle's real label vectors and real query vectors: recall@k and single-query latency of IVF
     and HNSW shards against the exact shards (what ``ann.kind`` / ``ann.exact_below`` choose between)."""
@@ -145,14 +160,7 @@ def index_choices(bundle, queries: list[str], k: int, nprobes: list[int], ef_sea
     label_vectors = [shard.index.reconstruct_n(0, shard.index.ntotal) for shard in exact]
 
     def measure(shards: list) -> dict:
-        _, found = merge_topk([shard.search(vectors, k) for shard in shards], k)
-        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth)])
-        single = []
-        for row in vectors[:300]:
-            t0 = time.perf_counter()
-            merge_topk([shard.search(row[None], k) for shard in shards], k)
-            single.append(time.perf_counter() - t0)
-        return {"recall@10": round(float(recall), 4), **percentiles(single)}
+        return recall_and_latency(shards, vectors, truth, k, timed=300)
 
     report = {"queries": len(queries), "flat": measure(exact)}
     for kind, knob, values in (("ivf", "nprobe", nprobes), ("hnsw", "efSearch", ef_searches)):
@@ -211,14 +219,7 @@ def scale_run(num_labels: int, num_shards: int, dim: int, num_queries: int, npro
     for nprobe in nprobes:
         for shard in shards:
             shard.index.nprobe = nprobe
-        _, ids = merge_topk([shard.search(queries, k) for shard in shards], k)
-        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, exact_ids)])
-        single = []
-        for query in queries[:200]:
-            t0 = time.perf_counter()
-            merge_topk([shard.search(query[None], k) for shard in shards], k)
-            single.append(time.perf_counter() - t0)
-        results.append({"nprobe": nprobe, "recall@10": round(float(recall), 4), **percentiles(single)})
+        results.append({"nprobe": nprobe, **recall_and_latency(shards, queries, exact_ids, k, timed=200)})
     return {"labels": num_labels, "shards": num_shards, "dim": dim, "ivf_lists_per_shard": lists,
             "queries": num_queries, "build_seconds": round(build_seconds, 1), "by_nprobe": results,
             "default_nprobe": AnnConfig().ivf_nprobe}

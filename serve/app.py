@@ -19,7 +19,6 @@ version with label vectors of another, and none is dropped during the swap.
 
 import asyncio
 import collections
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from xmc.config import resolve_path
 from xmc.index.bundle import Bundle
 from xmc.index.shards import merge_topk
 
@@ -232,16 +232,10 @@ class AppArgs(BaseModel):
     ingress_cpus: float = Field(1.0, gt=0)
 
 
-def _resolve(path: str) -> str:
-    """Relative bundle paths resolve against $XMC_WORKDIR (set it when deploying to a cluster), else cwd."""
-    base = os.environ.get("XMC_WORKDIR", os.getcwd())
-    return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
-
-
 def app(args: dict) -> serve.Application:
     """Build the application for a bundle; ``shards`` (if given) must match the bundle's shard count."""
     settings = AppArgs(**args)
-    path = _resolve(settings.bundle)
+    path = str(resolve_path(settings.bundle))  # relative: against $XMC_WORKDIR (set it on a cluster), else cwd
     bundle = Bundle(path)
     if settings.shards is not None and settings.shards != bundle.num_shards:
         raise ValueError(f"shards={settings.shards} but bundle {path} was exported with {bundle.num_shards} "

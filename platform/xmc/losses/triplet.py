@@ -47,9 +47,7 @@ def dynamic_margin_triplet(scores: torch.Tensor, targets: torch.Tensor, row_mask
     if positive is None:
         weights = None if positive_weights is None else positive_weights.expand(targets.shape)
         positive = sample_one_positive(targets, weights, generator)
-    rows = targets.any(dim=1) & ((~targets).any(dim=1))
-    if row_mask is not None:
-        rows = rows & row_mask.bool()
+    rows = _rows_with_positive_and_negative(targets, row_mask)
     if not bool(rows.any()):
         return scores.sum() * 0.0
     scores, targets, positive = scores[rows], targets[rows], positive[rows]
@@ -68,6 +66,12 @@ def dynamic_margin_triplet(scores: torch.Tensor, targets: torch.Tensor, row_mask
     return hinge.sum(dim=1).mean()
 
 
+def _rows_with_positive_and_negative(targets: torch.Tensor, row_mask: torch.Tensor | None) -> torch.Tensor:
+    """Rows a ranking term is defined on: at least one positive and one negative (and in ``row_mask``)."""
+    rows = targets.any(dim=1) & ((~targets).any(dim=1))
+    return rows if row_mask is None else rows & row_mask.bool()
+
+
 def _mean_nonzero(values: torch.Tensor) -> torch.Tensor:
     nonzero = values > 0
     return values.sum() / nonzero.sum().clamp_min(1)
@@ -83,9 +87,7 @@ def prototype_regularizer(text_scores: torch.Tensor, proto_scores: torch.Tensor,
     positive per row and the top-``num_negatives`` negatives by prototype score.
     """
     text_scores, proto_scores, targets = at_least_fp32(text_scores), at_least_fp32(proto_scores), targets.bool()
-    rows = targets.any(dim=1) & ((~targets).any(dim=1))
-    if row_mask is not None:
-        rows = rows & row_mask.bool()
+    rows = _rows_with_positive_and_negative(targets, row_mask)
     if not bool(rows.any()):
         return proto_scores.sum() * 0.0
     text_scores, proto_scores, targets = text_scores[rows], proto_scores[rows], targets[rows]
