@@ -94,6 +94,34 @@ def test_local_mode_training_beats_zero_shot_and_writes_the_run(subset, tmp_path
     assert result.metrics["P@1"] == pytest.approx(metrics["P@1"])
 
 
+def test_rerunning_a_finished_run_trains_nothing_and_reports_its_final_metrics(subset, tmp_path, reference_run):
+    """What a Tune trial killed after its last checkpoint, but before Tune recorded it, goes through: Tune
+    hears only what the loop reports during the rerun (as TuneReportCallback does), so the loop must say its
+    final metrics again."""
+    from ray.train import UserCallback
+
+    from xmc.training.driver import build_trainer, resolve_run
+
+    heard = tmp_path / "reports.jsonl"
+
+    class WriteReports(UserCallback):  # local, so Ray ships it by value to the Train controller
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(heard, "a") as handle:
+                handle.write(json.dumps(metrics[0]) + "\n")
+
+    history = reference_run / "history.jsonl"
+    stamp, checkpoints = history.stat().st_mtime_ns, sorted(reference_run.glob("checkpoint_epoch*"))
+    config, run_dir = resolve_run(load(subset, reference_run.parent, "reference", **NO_DROPOUT,
+                                       **{"train.num_workers": 1}), "run")
+    assert run_dir == reference_run
+    build_trainer(config, run_dir, callbacks=[WriteReports()]).fit()
+    assert history.stat().st_mtime_ns == stamp and sorted(reference_run.glob("checkpoint_epoch*")) == checkpoints
+    reports = [json.loads(line) for line in heard.read_text().splitlines()]
+    final = metrics_of(reference_run)
+    assert len(reports) == 1 and reports[0]["epoch"] == 2
+    assert reports[0]["P@1"] == pytest.approx(final["P@1"]) and reports[0]["P@5"] == pytest.approx(final["P@5"])
+
+
 def test_two_workers_reach_the_quality_of_one(subset, tmp_path, reference_run):
     from xmc.training.driver import run_training
 

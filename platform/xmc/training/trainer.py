@@ -188,6 +188,7 @@ class Trainer:
         self.shortlists: np.ndarray | None = None
         self.loss_sum = 0.0
         self.loss_count = 0
+        self.reported: dict = {}  # what the last checkpoint reported, so a finished run can say it again
         self.epoch_started = time.time()
         self.reporter = RunReporter(self.run_dir, enabled=self.rank == 0)
         self.final_predictions: tuple[np.ndarray, np.ndarray] | None = None
@@ -555,6 +556,7 @@ class Trainer:
                                                            "offsets": self.clusters.offsets},
             "shortlists": self.shortlists,
             "free_of": self.free_of,
+            "reported": self.reported,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -566,6 +568,7 @@ class Trainer:
                          if state["clusters"] else None)
         self.shortlists = state["shortlists"]
         self.free_of = state.get("free_of")
+        self.reported = state.get("reported", {})
 
     @staticmethod
     def _shard_state(table: ShardedLabelTable, optimizer: torch.optim.Optimizer) -> dict:
@@ -593,6 +596,7 @@ class Trainer:
     def save_checkpoint(self, metrics: dict) -> None:
         import ray.train
 
+        self.reported = metrics
         with tempfile.TemporaryDirectory(prefix="xmc-ckpt-") as tmp:
             if self.rank == 0:
                 save_state(tmp, "model", self.model.state_dict())
@@ -644,6 +648,11 @@ class Trainer:
             if self.rank == 0:
                 print(f"resumed from checkpoint at epoch {self.epoch} step {self.global_step} "
                       f"({self.step_in_epoch} steps into the epoch)", flush=True)
+            if self.epoch >= cfg.epochs:
+                # A rerun of a finished run (e.g. a Tune trial killed after its last checkpoint but before
+                # Tune recorded it) trains nothing; it reports the final metrics again so the caller has them.
+                ray.train.report(self.reported)
+                return
         else:
             if self.table is not None and self.config.model.clf_init == "label_text":
                 self.initialise_table_from_label_text()
