@@ -37,6 +37,8 @@ from xmc.index.shards import merge_topk
 MAX_TEXTS = 64          # texts per request
 MAX_TEXT_CHARS = 2000   # characters per text (the encoder truncates to max_len tokens anyway)
 MAX_K = 100
+BATCH_SIZE = 16         # requests encoded together by the ingress
+BATCH_WAIT_S = 0.0      # no wait for company: requests held back during a forward pass come together
 VERSIONS_KEPT = 2       # bundle versions a shard replica keeps loaded (the current one and the one before)
 
 
@@ -119,9 +121,9 @@ def _load_ingress_bundle(path: str) -> _LoadedBundle:
     return _LoadedBundle(path, bundle.version, info, bundle.load_query_encoder(), uids, labels)
 
 
-# Serve's default of 5 requests in flight per replica starves batching: at 16 concurrent clients the router
-# keeps retrying full replicas with backoff (p50 ~1 s on 2 cores). Batches need many requests in flight.
-@serve.deployment(max_ongoing_requests=256)
+# A shard gets at most two calls at a time from each ingress replica (one per batch in flight); Serve's default
+# limit of 5 would make the routers of several ingress replicas back off.
+@serve.deployment(max_ongoing_requests=32)
 class IndexShard:
     """One shard of the label index (faiss), searched with batched query vectors."""
 
@@ -149,24 +151,19 @@ class IndexShard:
                     self.loaded.popitem(last=False)
             return self.loaded[version]
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
-    async def search(self, vectors: list[np.ndarray], ks: list[int], versions: list[str],
-                     paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per request: ``(scores, global label ids)`` of its rows; requests of one version share one search."""
-        results: list = [None] * len(vectors)
-        for version in dict.fromkeys(versions):
-            members = [i for i, v in enumerate(versions) if v == version]
-            index = await self._index(version, paths[members[0]])
-            stacked = np.concatenate([vectors[i] for i in members])
-            scores, ids = await asyncio.to_thread(index.search, stacked, max(ks[i] for i in members))
-            start = 0
-            for i in members:
-                stop = start + len(vectors[i])
-                results[i] = (scores[start:stop, :ks[i]], ids[start:stop, :ks[i]])
-                start = stop
-        return results
+    async def search(self, vectors: np.ndarray, k: int, version: str, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, global label ids)`` of the top-``k`` labels of this shard for each row of ``vectors``.
+
+        Not batched here: the ingress already sends one call per batch of requests. The search runs on the
+        replica's event loop: a batch takes a few milliseconds, and a hop to a worker thread would cost about as
+        much as a single query's search.
+        """
+        index = await self._index(version, path)
+        return index.search(vectors, k)
 
 
+# Serve's default of 5 requests in flight per replica starves batching: at 16 concurrent clients the proxy
+# keeps retrying the full replica with backoff (p50 ~1 s on 2 cores). Batches need many requests admitted.
 @serve.deployment(max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
@@ -175,6 +172,8 @@ class Ingress:
     def __init__(self, shards: list[DeploymentHandle]):
         self.shards = shards
         self.current: _LoadedBundle | None = None
+        self.encoder_idle = asyncio.Event()
+        self.encoder_idle.set()
 
     async def reconfigure(self, config: dict) -> None:
         loaded = await asyncio.to_thread(_load_ingress_bundle, config["bundle"])
@@ -183,28 +182,45 @@ class Ingress:
                              f"deployed with {len(self.shards)}; redeploy with shards={loaded.info['shards']}")
         self.current = loaded  # requests already encoded keep the version they started with
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001)
-    async def _encode(self, requests: list[list[str]]) -> list[tuple[np.ndarray, _LoadedBundle]]:
-        """One forward pass for the texts of several concurrent requests (all on the same bundle version)."""
+    @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S, max_concurrent_batches=2)
+    async def _answer(self, requests: list[tuple[list[str], int]]) -> list[tuple[np.ndarray, np.ndarray,
+                                                                                  _LoadedBundle]]:
+        """Top-k ``(scores, ids)`` of each request's texts, for several concurrent requests at once.
+
+        One forward pass encodes every text of the batch, and each shard is called once with all the vectors:
+        per-request handle calls would cost more CPU than the searches. A batch uses one bundle version. While
+        this batch's vectors are searched, the next batch is already being encoded.
+        """
         loaded = self.current
-        flat = [text for texts in requests for text in texts]
-        vectors = await asyncio.to_thread(loaded.encoder.encode, flat)
+        self.encoder_idle.clear()
+        try:
+            flat = [text for texts, _ in requests for text in texts]
+            vectors = await asyncio.to_thread(loaded.encoder.encode, flat)
+        finally:
+            self.encoder_idle.set()
+        k = max(k for _, k in requests)  # a shard's top-k_i is a prefix of its top-k: one search serves all
+        parts = await asyncio.gather(*[shard.search.remote(vectors, k, loaded.version, loaded.path)
+                                       for shard in self.shards])
+        scores, ids = merge_topk(list(parts), k)
         out, start = [], 0
-        for texts in requests:
-            out.append((vectors[start:start + len(texts)], loaded))
-            start += len(texts)
+        for texts, k_request in requests:
+            stop = start + len(texts)
+            out.append((scores[start:stop, :k_request], ids[start:stop, :k_request], loaded))
+            start = stop
         return out
 
     @api.post("/v1/predict")
-    async def predict(self, body: PredictRequest) -> dict:
-        vectors, loaded = await self._encode(body.all_texts())
-        parts = await asyncio.gather(*[shard.search.remote(vectors, body.k, loaded.version, loaded.path)
-                                       for shard in self.shards])
-        scores, ids = merge_topk(list(parts), body.k)
-        results = [[{"id": int(label), "uid": loaded.uids[label], "label": loaded.labels[label],
-                     "score": float(score)} for label, score in zip(row_ids, row_scores) if label >= 0]
-                   for row_ids, row_scores in zip(ids, scores)]
-        return {"results": results, "version": loaded.version}
+    async def predict(self, body: PredictRequest) -> JSONResponse:
+        # Serve's batcher forms a batch from whatever is queued as soon as a request arrives, then the batch
+        # waits for a free slot: under steady load requests trickle in, and every batch would hold one or two.
+        # Requests that arrive during a forward pass wait here instead and enter the queue together when the
+        # encoder is free, so batches grow with the load. A lone request passes straight through.
+        await self.encoder_idle.wait()
+        scores, ids, loaded = await self._answer((body.all_texts(), body.k))
+        results = [[{"id": label, "uid": loaded.uids[label], "label": loaded.labels[label], "score": score}
+                    for label, score in zip(row_ids, row_scores) if label >= 0]
+                   for row_ids, row_scores in zip(ids.tolist(), scores.tolist())]
+        return JSONResponse({"results": results, "version": loaded.version})
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

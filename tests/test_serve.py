@@ -169,6 +169,33 @@ def test_served_top_k_equals_the_offline_top_k(served, bundles, trained_run):
     assert [hit["id"] for hit in single["results"][0]] == offline_ids[0, :3].tolist()
 
 
+def test_concurrent_requests_with_different_k_each_get_their_own_top_k(served, bundles, trained_run):
+    """Concurrent requests are encoded and searched together (one batch, one call per shard, at the largest
+    k); each must still get exactly its own top-k."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xmc.data.dataset import PreparedDataset
+    from xmc.index.predict import bundle_topk
+
+    texts = PreparedDataset(trained_run.parent.parent / "prepared").texts("test")[:96]
+    offline_ids, offline_scores = bundle_topk(Bundle(bundles[0]), texts, 20)
+    ks = [1 + (7 * i) % 20 for i in range(len(texts))]
+
+    def ask(i: int) -> list[dict]:
+        reply = requests.post(f"{served}/v1/predict", json={"text": texts[i], "k": ks[i]}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["results"][0]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(len(texts))))
+    for i, hits in enumerate(answers):
+        assert len(hits) == ks[i]
+        np.testing.assert_allclose([h["score"] for h in hits], offline_scores[i, :ks[i]], atol=1e-4)
+        ids = np.array([h["id"] for h in hits])
+        differs = ids != offline_ids[i, :ks[i]]  # only float-noise ties may swap
+        assert np.all(np.abs(np.array([h["score"] for h in hits]) - offline_scores[i, :ks[i]])[differs] < 1e-4)
+
+
 @pytest.mark.parametrize("body, status, message", [
     ({"text": "   "}, 422, '"text" is empty'),
     ({"texts": []}, 422, '"texts" is empty'),
