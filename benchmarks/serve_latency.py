@@ -61,6 +61,7 @@ def in_process(bundle, queries: list[str], k: int) -> dict:
     torch.set_num_threads(1)  # as a Serve replica with num_cpus=1 runs it
     encoder = bundle.load_query_encoder()
     shards = [bundle.load_shard(number) for number in range(bundle.num_shards)]
+
     def answer(text: str):
         vector = encoder.encode([text])
         return merge_topk([shard.search(vector, k) for shard in shards], k)
