@@ -134,6 +134,15 @@ def _serve_app():
     return importlib.import_module("serve.app")
 
 
+def assert_same_ranking(served_ids, served_scores, offline_ids, offline_scores) -> np.ndarray:
+    """Same scores, and the same ids except where labels whose scores tie within float noise swap places;
+    returns where the ids differ."""
+    np.testing.assert_allclose(served_scores, offline_scores, atol=1e-4)
+    differs = served_ids != offline_ids
+    assert np.all(np.abs(served_scores - offline_scores)[differs] < 1e-4)
+    return differs
+
+
 def test_served_top_k_equals_the_offline_top_k(served, bundles, trained_run):
     from xmc.data.dataset import PreparedDataset
     from xmc.index.predict import bundle_topk
@@ -159,10 +168,7 @@ def test_served_top_k_equals_the_offline_top_k(served, bundles, trained_run):
             served_scores.append([hit["score"] for hit in row])
     served_ids, served_scores = np.array(served_ids), np.array(served_scores)
     assert served_ids.shape == (N_TEST, 10)
-    np.testing.assert_allclose(served_scores, offline_scores, atol=1e-4)
-    # identical ranking, except that labels whose scores tie within float noise may swap places
-    differs = served_ids != offline_ids
-    assert np.all(np.abs(served_scores - offline_scores)[differs] < 1e-4)
+    differs = assert_same_ranking(served_ids, served_scores, offline_ids, offline_scores)
     assert differs.mean() < 0.01
 
     single = requests.post(f"{served}/v1/predict", json={"text": texts[0], "k": 3}, timeout=30).json()
@@ -190,10 +196,8 @@ def test_concurrent_requests_with_different_k_each_get_their_own_top_k(served, b
         answers = list(pool.map(ask, range(len(texts))))
     for i, hits in enumerate(answers):
         assert len(hits) == ks[i]
-        np.testing.assert_allclose([h["score"] for h in hits], offline_scores[i, :ks[i]], atol=1e-4)
-        ids = np.array([h["id"] for h in hits])
-        differs = ids != offline_ids[i, :ks[i]]  # only float-noise ties may swap
-        assert np.all(np.abs(np.array([h["score"] for h in hits]) - offline_scores[i, :ks[i]])[differs] < 1e-4)
+        assert_same_ranking(np.array([h["id"] for h in hits]), np.array([h["score"] for h in hits]),
+                            offline_ids[i, :ks[i]], offline_scores[i, :ks[i]])
 
 
 @pytest.mark.parametrize("body, status, message", [
