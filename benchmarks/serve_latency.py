@@ -120,6 +120,7 @@ def served(bundle_dir: Path, queries: list[str], total: int, levels: list[int], 
     sys.path.insert(0, str(REPO))
     from serve.app import app
 
+    os.environ.setdefault("RAY_SERVE_PROXY_USE_GRPC", "1")  # as scripts/env.sh runs Serve (read at Ray start)
     env = {key: os.environ[key] for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "no_proxy", "http_proxy",
                                             "https_proxy", "RAY_USAGE_STATS_ENABLED") if key in os.environ}
     ray.init(include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
@@ -263,6 +264,7 @@ def main() -> None:
         if not args.skip_serve:
             report["in_process"] = in_process(bundle, queries[:500], args.k)
             report["served"] = served(bundle.directory, queries, args.requests, args.concurrency, args.k)
+            report["proxy_to_ingress"] = "grpc" if os.environ.get("RAY_SERVE_PROXY_USE_GRPC") == "1" else "actor call"
             for level in report["served"]:
                 if "p50_ms" in level:
                     level["p50_ratio"] = round(level["p50_ms"] / report["in_process"]["p50_ms"], 2)

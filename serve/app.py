@@ -170,7 +170,10 @@ class Ingress:
     """Validates requests, encodes queries (batched across requests), fans out to the shards, merges."""
 
     def __init__(self, shards: list[DeploymentHandle]):
-        self.shards = shards
+        # Shard calls go over Serve's gRPC transport between replicas instead of Ray actor calls (the replica
+        # always runs that server): on 2 cores the two parallel shard calls of a query take 6.8 ms instead of
+        # 9.3 ms, for a search of under 1 ms each. Arguments and results are pickled either way.
+        self.shards = [shard.options(_by_reference=False) for shard in shards]
         self.current: _LoadedBundle | None = None
         self.encoder_idle = asyncio.Event()
         self.encoder_idle.set()

@@ -33,6 +33,8 @@ LOOPBACK_ENV = {
     "XMC_RAY_DASHBOARD": "0",
 }
 os.environ.update(LOOPBACK_ENV)
+# Serve as scripts/env.sh runs it: the HTTP proxy reaches the ingress over gRPC.
+os.environ.setdefault("RAY_SERVE_PROXY_USE_GRPC", "1")
 
 
 def shared_set(name: str) -> Path:
