@@ -264,7 +264,8 @@ def main() -> None:
         if not args.skip_serve:
             report["in_process"] = in_process(bundle, queries[:500], args.k)
             report["served"] = served(bundle.directory, queries, args.requests, args.concurrency, args.k)
-            report["proxy_to_ingress"] = "grpc" if os.environ.get("RAY_SERVE_PROXY_USE_GRPC") == "1" else "actor call"
+            grpc_proxy = os.environ.get("RAY_SERVE_PROXY_USE_GRPC") == "1"
+            report["proxy_to_ingress"] = "grpc" if grpc_proxy else "actor call"
             for level in report["served"]:
                 if "p50_ms" in level:
                     level["p50_ratio"] = round(level["p50_ms"] / report["in_process"]["p50_ms"], 2)
