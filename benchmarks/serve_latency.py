@@ -123,7 +123,8 @@ def served(bundle_dir: Path, queries: list[str], total: int, levels: list[int], 
     os.environ.setdefault("RAY_SERVE_PROXY_USE_GRPC", "1")  # as scripts/env.sh runs Serve (read at Ray start)
     env = {key: os.environ[key] for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "no_proxy", "http_proxy",
                                             "https_proxy", "RAY_USAGE_STATS_ENABLED") if key in os.environ}
-    ray.init(include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False)
+    ray.init(include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False,
+             _node_ip_address="127.0.0.1")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

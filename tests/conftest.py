@@ -96,7 +96,8 @@ def start_ray() -> None:
     if ray.is_initialized():
         ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
-        "GLOO_SOCKET_IFNAME": "lo", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **LOOPBACK_ENV}})
+        "GLOO_SOCKET_IFNAME": "lo", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **LOOPBACK_ENV}},
+             _node_ip_address="127.0.0.1")
 
 
 @pytest.fixture(scope="module")

@@ -152,7 +152,7 @@ def test_crashed_worker_is_retried_from_the_last_checkpoint(subset, tmp_path, re
     ray.shutdown()  # restart Ray so its workers inherit the fault-injection variables
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
         "GLOO_SOCKET_IFNAME": "lo", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **LOOPBACK_ENV,
-        "XMC_TEST_FAIL_AT_STEP": "6", "XMC_TEST_FAIL_MARKER": str(marker)}})
+        "XMC_TEST_FAIL_AT_STEP": "6", "XMC_TEST_FAIL_MARKER": str(marker)}}, _node_ip_address="127.0.0.1")
     _, run_dir = run_training(load(subset, tmp_path, "retried", **NO_DROPOUT, **{"train.num_workers": 1,
                                                                                     "train.max_failures": 1}))
     assert marker.read_text().startswith("failed at step 6")

@@ -73,7 +73,7 @@ def init_ray(address: str = "") -> None:
     # 127.0.0.1. Tests switch it off (XMC_RAY_DASHBOARD=0).
     dashboard = os.environ.get("XMC_RAY_DASHBOARD", "1") != "0"
     ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", runtime_env={"env_vars": env},
-             log_to_driver=True)
+             log_to_driver=True, _node_ip_address="127.0.0.1")
 
 
 def build_trainer(config: ExperimentConfig, run_dir: Path, callbacks: list | None = None):
