@@ -79,3 +79,33 @@ def test_dataset_configs_load_and_round_trip():
 def test_dataset_validation_error_names_the_field():
     with pytest.raises(ConfigError, match="dataset.max_len must be >= 2"):
         load_config(ExperimentConfig, None, ["dataset.max_len=1"])
+
+
+@pytest.mark.parametrize("share", ["0", "1.5", "-0.3"])
+def test_gpu_share_outside_zero_to_one_is_rejected(share):
+    with pytest.raises(ConfigError, match=rf"train.gpus_per_worker must be in \(0, 1\].*got {share}"):
+        load_config(ExperimentConfig, None, [f"train.gpus_per_worker={share}"])
+
+
+def test_gpu_share_reaches_ray_and_sets_how_many_tune_trials_share_a_gpu(tmp_path, monkeypatch):
+    """0.3 of a GPU per worker: Ray Train asks for that share, and a one-GPU cluster runs three trials."""
+    import ray
+
+    from xmc.config import to_dict
+    from xmc.training.driver import build_trainer
+    from xmc.tuning.config import TuneSweepConfig
+    from xmc.tuning.sweep import _concurrency
+
+    config = load_config(ExperimentConfig, None, ["train.use_gpu=true", "train.gpus_per_worker=0.3",
+                                                  "run.name=share", f"run.storage={tmp_path}"])
+    scaling = build_trainer(config, tmp_path / "share").scaling_config
+    assert scaling.use_gpu and scaling.resources_per_worker == {"CPU": 0.99, "GPU": 0.3}
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    base = to_dict(config)
+    assert _concurrency(TuneSweepConfig(), base) == 3
+    base["train"]["gpus_per_worker"] = 0.25
+    assert _concurrency(TuneSweepConfig(), base) == 4
+    base["train"]["gpus_per_worker"] = 1.0
+    base["train"]["num_workers"] = 2
+    assert _concurrency(TuneSweepConfig(), base) == 1

@@ -11,8 +11,12 @@ class TrainConfig:
     """Args:
         num_workers: Ray Train workers (0 = run the loop in the driver process, Ray Train's local mode).
         use_gpu: one GPU per worker.
+        gpus_per_worker: the share of a GPU each worker asks Ray for with ``use_gpu`` (0 < share <= 1): 0.3
+            lets three small runs or Tune trials train side by side on one GPU, which a small encoder
+            leaves mostly idle.
         cpus_per_worker: CPU resource each worker asks Ray for (0.99 lets a Tune trial's 0.01 fit beside it).
-        threads_per_worker: torch threads per worker (0 = the machine's cores divided among the workers).
+        threads_per_worker: torch and faiss threads per worker (0 = the machine's cores divided among the
+            workers); set it when several runs share one machine.
         epochs, batch_size: schedule; ``batch_size`` is global (split across workers).
         lr: encoder learning rate; the heads get ``lr × head_lr_multiplier``, the label table ``classifier_lr``,
             prototype free vectors ``prototype_lr``.
@@ -31,6 +35,7 @@ class TrainConfig:
 
     num_workers: int = 1
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0
     cpus_per_worker: float = 0.99
     threads_per_worker: int = 0
     epochs: int = 4
@@ -56,6 +61,9 @@ class TrainConfig:
             raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("train.epochs and train.batch_size must be >= 1")
+        if not 0 < self.gpus_per_worker <= 1:
+            raise ValueError(f"train.gpus_per_worker must be in (0, 1] (a worker uses one GPU), "
+                             f"got {self.gpus_per_worker}")
         if self.batch_size < max(self.num_workers, 1):
             raise ValueError(f"train.batch_size ({self.batch_size}) must be >= train.num_workers")
 

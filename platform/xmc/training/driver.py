@@ -85,7 +85,7 @@ def build_trainer(config: ExperimentConfig, run_dir: Path, callbacks: list | Non
     from xmc.training.trainer import train_loop_per_worker
 
     cfg = config.train
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(config), "run_dir": str(run_dir)},

@@ -131,6 +131,9 @@ class Trainer:
         self.device = _device(cfg.use_gpu)
         threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // max(cfg.num_workers, 1))
         torch.set_num_threads(threads)
+        import faiss  # mining and evaluation search with faiss's own OpenMP pool: the same bound
+
+        faiss.omp_set_num_threads(threads)
         self.autocast_dtype = (torch.bfloat16 if cfg.precision == "bf16" or
                                (cfg.precision == "auto" and self.device.type == "cuda") else None)
 

@@ -71,8 +71,9 @@ def _concurrency(sweep: TuneSweepConfig, base: dict) -> int:
         return 1  # CPU trials share the same cores: one after another
     import ray
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    return max(1, gpus // max(base["train"]["num_workers"], 1))
+    gpus = ray.cluster_resources().get("GPU", 0)
+    per_trial = max(base["train"]["num_workers"], 1) * base["train"]["gpus_per_worker"]
+    return max(1, int(gpus / per_trial + 1e-9))
 
 
 def build_tuner(sweep: TuneSweepConfig, base: dict, sweep_dir: Path):
