@@ -13,10 +13,11 @@ from xmc.models.encoder import (EncoderConfig, TextEncoder, default_device, enco
                                 normalized, resolve_model_dir)
 
 
-def predict_topk(query_vectors: np.ndarray, label_vectors: np.ndarray, config: EvalConfig
+def predict_topk(query_vectors: np.ndarray, label_vectors: np.ndarray, config: EvalConfig, device=None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``config.top_k`` labels per query by inner product: ``(indices int64, scores float32)``."""
-    index = build_index(label_vectors, config.ann)
+    """Top-``config.top_k`` labels per query by inner product: ``(indices int64, scores float32)``; the search
+    runs on ``device`` when it is a GPU (see :func:`xmc.mining.ann.build_index`)."""
+    index = build_index(label_vectors, config.ann, device=device)
     scores, indices = search(index, query_vectors, config.top_k)
     return indices, scores
 

@@ -318,7 +318,7 @@ class Trainer:
         if self.centroids is not None and self.config.model.centroid_update == "exact":
             self._set_exact_centroids(queries, labels)
         labels = self.label_vectors(labels)
-        index = build_index(labels, cfg.ann, seed=self.config.train.seed)
+        index = build_index(labels, cfg.ann, seed=self.config.train.seed, device=self.device)
         mine = my_share(np.arange(len(self.train_rows)), self.rank, self.world)
         local = compute_shortlists(queries[mine], labels, self.positives, self.train_rows[mine],
                                    cfg.shortlist_size, cfg.ann, index=index)
@@ -536,13 +536,14 @@ class Trainer:
                                         cfg.dataset.propensity_b, split=split,
                                         rows=rows if validation else None, train_rows=self.propensity_rows)
 
-        results = {"de": score(*predict_topk(queries[:, :d], labels_de, cfg.eval))}
+        results = {"de": score(*predict_topk(queries[:, :d], labels_de, cfg.eval, self.device))}
         if labels_clf is not None:
-            results["clf"] = score(*predict_topk(queries[:, d:], labels_clf, cfg.eval))
-            fused = predict_topk(queries, np.concatenate([labels_de, labels_clf], axis=1), cfg.eval)
+            results["clf"] = score(*predict_topk(queries[:, d:], labels_clf, cfg.eval, self.device))
+            fused = predict_topk(queries, np.concatenate([labels_de, labels_clf], axis=1), cfg.eval,
+                                 self.device)
             results["fused"] = score(*fused)
         else:
-            fused = predict_topk(queries, labels_de, cfg.eval)
+            fused = predict_topk(queries, labels_de, cfg.eval, self.device)
         if final:
             save_predictions(self.run_dir / "predictions.npz", *fused)
         return results

@@ -1,0 +1,64 @@
+"""Label search: the exact search in torch (a GPU worker's flat index with faiss-cpu) answers like faiss's."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from xmc.data.dataset import PreparedDataset
+from xmc.mining.ann import AnnConfig, TorchFlatIndex, build_index, search
+from xmc.models.encoder import TextEncoder, encode_tokens, load_tokenizer, normalized, resolve_model_dir, tokenize_texts
+
+
+@pytest.fixture(scope="module")
+def cooking_vectors(cooking_prepared) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-shot embeddings of 400 cooking test questions and all 736 tags."""
+    dataset = PreparedDataset(cooking_prepared)
+    encoder = TextEncoder(resolve_model_dir("default")).eval()
+    tokenizer = load_tokenizer(encoder.model_dir)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return encode_tokens(normalized(encoder), *tokenize_texts(tokenizer, texts, max_len=32), batch_size=128)
+
+    return embed(dataset.texts("test")[:400]), embed(dataset.texts("labels"))
+
+
+def assert_same_topk(ours: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray, np.ndarray]) -> None:
+    (scores, ids), (ref_scores, ref_ids) = ours, reference
+    assert ids.dtype == ref_ids.dtype == np.int64 and scores.shape == ref_scores.shape
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    # ids agree wherever the scores do not tie (a tie may be broken either way)
+    gaps = np.diff(ref_scores, axis=1)
+    distinct = np.ones_like(ids, dtype=bool)
+    distinct[:, 1:] &= gaps < -1e-5
+    distinct[:, :-1] &= gaps < -1e-5
+    assert distinct.mean() > 0.9
+    np.testing.assert_array_equal(ids[distinct], ref_ids[distinct])
+
+
+def test_torch_exact_search_equals_faiss_flat(cooking_vectors):
+    queries, labels = cooking_vectors
+    reference = search(build_index(labels, AnnConfig(kind="flat")), queries, 10)
+    # 37 queries per score matrix: the chunking and the last, short chunk are exercised
+    ours = search(TorchFlatIndex(labels, "cpu", max_scores=37 * len(labels)), queries, 10)
+    assert_same_topk(ours, reference)
+    assert ours[1][0, 0] != ours[1][1, 0] or ours[1][0, 1] != ours[1][1, 1]  # not one answer for everyone
+
+
+def test_callers_off_the_gpu_keep_faiss_indexes(cooking_vectors):
+    """Export and serving pass no device, a CPU worker passes its CPU: all get faiss indexes they can save."""
+    _, labels = cooking_vectors
+    assert isinstance(build_index(labels, AnnConfig()), faiss.IndexFlatIP)
+    assert isinstance(build_index(labels, AnnConfig(), device=torch.device("cpu")), faiss.IndexFlatIP)
+
+
+@pytest.mark.gpu
+def test_gpu_worker_searches_on_its_gpu(cooking_vectors):
+    queries, labels = cooking_vectors
+    index = build_index(labels, AnnConfig(), device=torch.device("cuda", 0))
+    if not hasattr(faiss, "StandardGpuResources"):
+        assert isinstance(index, TorchFlatIndex) and index.vectors.is_cuda
+    assert isinstance(build_index(labels, AnnConfig(use_gpu=False), device="cuda"), faiss.IndexFlatIP)
+    assert_same_topk(search(index, queries, 10), search(build_index(labels, AnnConfig()), queries, 10))
