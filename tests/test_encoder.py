@@ -8,8 +8,8 @@ import torch
 
 from xmc.config import ConfigError
 from xmc.data.dataset import PreparedDataset
-from xmc.models.encoder import (TextEncoder, encode_tokens, load_tokenizer, normalized, resolve_model_dir,
-                                tokenize_texts, tokenizer_id)
+from xmc.models.encoder import (GROUP_OVERHEAD_TOKENS, TextEncoder, encode_tokens, length_groups, load_tokenizer,
+                                normalized, resolve_model_dir, tokenize_texts, tokenizer_id)
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,29 @@ def test_any_hugging_face_model_directory(tmp_path):
     assert tokenizer_id(model_dir).startswith("tiny-bert-")
     with pytest.raises(ConfigError, match="is not a Hugging Face model directory"):
         resolve_model_dir(str(tmp_path / "nowhere"))
+
+
+def test_length_groups_cover_the_batch_and_fewer_on_a_gpu(default_encoder, cooking_prepared):
+    """Real question lengths: every row in exactly one group, each group's rows of similar length; a GPU's
+    costlier forward calls give fewer groups; the grouped forward equals one padded forward."""
+    cache = PreparedDataset(cooking_prepared).token_cache(default_encoder.model_dir, 48, "title", "title",
+                                                          progress=False)
+    ids, lengths = cache.arrays("train")
+    rows = np.random.default_rng(0).choice(len(lengths), 256, replace=False)
+    batch_lengths = torch.from_numpy(lengths[rows].astype(np.int64))
+    cpu_groups = length_groups(batch_lengths, GROUP_OVERHEAD_TOKENS["cpu"])
+    gpu_groups = length_groups(batch_lengths, GROUP_OVERHEAD_TOKENS["cuda"])
+    for groups in (cpu_groups, gpu_groups):
+        assert sorted(torch.cat(groups).tolist()) == list(range(256))
+        widths = [int(batch_lengths[g].max()) for g in groups]
+        assert widths == sorted(widths) and widths[-1] == int(batch_lengths.max())
+    assert 1 <= len(gpu_groups) <= 2 < len(cpu_groups)
+    padded = [sum(len(g) * int(batch_lengths[g].max()) for g in groups) for groups in (cpu_groups, gpu_groups)]
+    assert padded[0] < padded[1] <= 256 * int(batch_lengths.max())
+
+    batch_ids = torch.from_numpy(ids[rows].astype(np.int64))
+    mask = (torch.arange(ids.shape[1])[None, :] < batch_lengths[:, None]).long()
+    with torch.no_grad():
+        grouped = default_encoder(batch_ids, mask)
+        whole = default_encoder._pooled(batch_ids, mask)
+    torch.testing.assert_close(grouped, whole, atol=2e-5, rtol=1e-4)
