@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 
 
 @dataclass(kw_only=True)
@@ -61,12 +60,16 @@ class TorchFlatIndex:
     """
 
     def __init__(self, vectors: np.ndarray, device, max_scores: int = 1 << 27):
+        import torch  # not at module level: configs import this module, and preparing data must not load torch
+
         self.device = torch.device(device)
         self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
         self.ntotal = len(vectors)
         self.max_scores = max_scores  # bounds one chunk's score matrix (2**27 floats = 512 MiB)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         scores = np.empty((len(queries), k), dtype=np.float32)
         ids = np.empty((len(queries), k), dtype=np.int64)
         rows = max(1, self.max_scores // max(self.ntotal, 1))
@@ -83,6 +86,7 @@ def build_index(vectors: np.ndarray, config: AnnConfig | None = None, seed: int 
     """A faiss inner-product index holding ``vectors`` (row i gets id i); on ``device`` when it is a GPU and
     ``config.use_gpu`` (see the module docstring)."""
     import faiss
+    import torch
 
     config = config or AnnConfig()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
