@@ -8,8 +8,9 @@ import torch
 
 from xmc.config import ConfigError
 from xmc.data.dataset import PreparedDataset
-from xmc.models.encoder import (GROUP_OVERHEAD_TOKENS, TextEncoder, encode_tokens, length_groups, load_tokenizer,
-                                normalized, resolve_model_dir, tokenize_texts, tokenizer_id)
+from xmc.models.encoder import (GROUP_OVERHEAD_TOKENS, FrozenBackbone, TextEncoder, encode_tokens,
+                                freeze_for_inference, length_groups, load_tokenizer, normalized, resolve_model_dir,
+                                tokenize_texts, tokenizer_id)
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,19 @@ def test_length_groups_cover_the_batch_and_fewer_on_a_gpu(default_encoder, cooki
         grouped = default_encoder(batch_ids, mask)
         whole = default_encoder._pooled(batch_ids, mask)
     torch.testing.assert_close(grouped, whole, atol=2e-5, rtol=1e-4)
+
+
+def test_frozen_backbone_encodes_like_the_eager_one(cooking_prepared):
+    """The serving graph (TorchScript, traced once on a padded pair) gives the eager vectors for single
+    questions of every length and for length-sorted padded batches of any size."""
+    eager = TextEncoder(resolve_model_dir("default")).eval()
+    frozen = freeze_for_inference(TextEncoder(resolve_model_dir("default")).eval())
+    assert isinstance(frozen.backbone, FrozenBackbone) and not isinstance(eager.backbone, FrozenBackbone)
+    cache = PreparedDataset(cooking_prepared).token_cache(eager.model_dir, 48, "title", "title", progress=False)
+    ids, lengths = cache.arrays("test")
+    rows = np.argsort(lengths)[np.linspace(0, len(lengths) - 1, 40).astype(int)]  # shortest to longest
+    assert lengths[rows].min() < 6 and lengths[rows].max() > 25
+    for batch_size in (1, 8, 40):
+        ours = encode_tokens(normalized(frozen), ids, lengths, batch_size=batch_size, rows=rows)
+        reference = encode_tokens(normalized(eager), ids, lengths, batch_size=batch_size, rows=rows)
+        np.testing.assert_allclose(ours, reference, atol=2e-5)

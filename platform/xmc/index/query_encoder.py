@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from xmc.models.config import HeadsConfig
-from xmc.models.encoder import TextEncoder, encode_tokens, load_tokenizer, tokenize_texts
+from xmc.models.encoder import (TextEncoder, encode_tokens, freeze_for_inference, load_tokenizer,
+                                tokenize_texts)
 from xmc.models.xmc_model import XMCModel
 
 
@@ -31,6 +32,7 @@ class QueryEncoder:
         if unexpected or any(not name.startswith("encoder.") for name in missing):
             raise ValueError(f"heads.safetensors does not fit the model: missing {missing}, unexpected {unexpected}")
         self.model.to(self.device).eval()
+        freeze_for_inference(self.model.encoder)  # Serve and jobs/evaluate.py --bundle both run this graph
         self.embed = self.model.embed_both if heads.classifier else self.model.embed_de
         self.dim = self.model.de_dim + self.model.clf_dim
 
