@@ -32,7 +32,8 @@ class QueryEncoder:
         if unexpected or any(not name.startswith("encoder.") for name in missing):
             raise ValueError(f"heads.safetensors does not fit the model: missing {missing}, unexpected {unexpected}")
         self.model.to(self.device).eval()
-        freeze_for_inference(self.model.encoder)  # Serve and jobs/evaluate.py --bundle both run this graph
+        if self.device.type == "cpu":  # Serve and jobs/evaluate.py --bundle both run this graph
+            freeze_for_inference(self.model.encoder)  # (on a GPU the eager model keeps its bf16 autocast)
         self.embed = self.model.embed_both if heads.classifier else self.model.embed_de
         self.dim = self.model.de_dim + self.model.clf_dim
 

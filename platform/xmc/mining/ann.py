@@ -5,7 +5,7 @@ million labels, fast enough on CPU. Above ``exact_below`` vectors ``auto`` switc
 quantiser, ``nprobe`` lists searched) or, if asked, HNSW. A caller working on a GPU (a training worker)
 searches there: the flat and IVF indexes move to the device with a faiss build that has GPU support (the
 ``gpu`` extra); with faiss-cpu a flat index becomes :class:`TorchFlatIndex`, the same exact search as matrix
-products on the GPU. Without that, mining 100K queries against 150K labels costs a minute of CPU per refresh.
+products on the GPU, instead of the CPU cores beside it.
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ from typing import Literal
 class TrainConfig:
     """Args:
         num_workers: Ray Train workers (0 = run the loop in the driver process, Ray Train's local mode).
-        use_gpu: one GPU per worker.
+        use_gpu: train on a GPU: one per worker, or a share of one (``gpus_per_worker``).
         gpus_per_worker: the share of a GPU each worker asks Ray for with ``use_gpu`` (0 < share <= 1): 0.3
-            lets three small runs or Tune trials train side by side on one GPU, which a small encoder
-            leaves mostly idle.
+            lets three small runs or Tune trials train side by side on one GPU. The card is time-shared, so
+            this pays when the runs have CPU phases (mining, evaluation) to overlap.
         cpus_per_worker: CPU resource each worker asks Ray for (0.99 lets a Tune trial's 0.01 fit beside it).
         threads_per_worker: torch and faiss threads per worker (0 = the machine's cores divided among the
             workers); set it when several runs share one machine.
