@@ -218,6 +218,7 @@ def main() -> None:
             write_json(out, results)
         if args.concurrent and len(args.recipes) > 1:
             rows.update(run_recipes_concurrently(name, args.recipes, args.overrides, args.fresh))
+            write_json(out, results)
         else:
             for recipe in args.recipes:
                 started = time.perf_counter()
@@ -225,7 +226,6 @@ def main() -> None:
                 seconds = time.perf_counter() - started
                 print(f"{name}: {recipe} P@1 {rows[recipe]['P@1']:.2f} ({seconds:.0f}s)", flush=True)
                 write_json(out, results)
-        write_json(out, results)
     print(table(results))
 
 
