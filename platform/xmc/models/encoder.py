@@ -70,9 +70,9 @@ def inference_dtype(setting: str, device: torch.device) -> torch.dtype:
 
 
 #: Cost of one more forward (and backward) call, in padded tokens, by device type. CPU: measured with MiniLM.
-#: CUDA: an estimate, not yet measured per group: an H100 ran MiniLM forward + backward + AdamW on 41K tokens in
-#: 30.6 ms (0.75 us a token), and one more call adds a few hundred small kernel launches (about 1.5 ms), so a
-#: GPU batch of short texts stays whole or splits once instead of running as seven launch-bound pieces.
+#: CUDA: an estimate, not yet measured per group: an H100 ran MiniLM forward + backward + AdamW on 41K tokens
+#: in 30.6 ms (0.75 us a token), and one more call adds a few hundred small kernel launches (about 1.5 ms), so
+#: a GPU batch of short texts stays whole or splits once instead of running as seven launch-bound pieces.
 GROUP_OVERHEAD_TOKENS = {"cpu": 64, "cuda": 2048}
 
 
@@ -148,6 +148,17 @@ class TextEncoder(nn.Module):
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
 
 
+class _LastHiddenState(nn.Module):
+    """A Hugging Face model as ``(ids, mask) -> last_hidden_state``: tracing needs a tensor as output."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
 class FrozenBackbone(nn.Module):
     """A backbone traced and frozen with TorchScript, for inference only (no gradients, no dropout).
 
@@ -159,21 +170,13 @@ class FrozenBackbone(nn.Module):
 
     def __init__(self, backbone: nn.Module, device: torch.device):
         super().__init__()
-
-        class LastHidden(nn.Module):
-            def __init__(self, model: nn.Module):
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-                return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
         ids = torch.full((2, 8), 1000, dtype=torch.long, device=device)
         mask = torch.ones(2, 8, dtype=torch.long, device=device)
         mask[1, 5:] = 0
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about Python conditions that the trace records
-            traced = torch.jit.trace(LastHidden(backbone).eval(), (ids, mask), check_trace=False, strict=False)
+            traced = torch.jit.trace(_LastHiddenState(backbone).eval(), (ids, mask), check_trace=False,
+                                     strict=False)
             self.graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
         self.config = backbone.config
 
