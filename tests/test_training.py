@@ -65,8 +65,19 @@ def reference_run(subset, tmp_path_factory, ray_session) -> Path:
     return run_dir
 
 
-def test_local_mode_training_beats_zero_shot_and_writes_the_run(subset, tmp_path):
+def test_local_mode_training_beats_zero_shot_and_writes_the_run(subset, tmp_path, monkeypatch):
     from xmc.training.driver import run_training
+    from xmc.training.trainer import Trainer
+
+    label_encodings = []  # the global step at each encoding of all label texts
+    encode = Trainer._encode
+
+    def counting_encode(self, split, rows, embed):
+        if split == "labels":
+            label_encodings.append(self.global_step)
+        return encode(self, split, rows, embed)
+
+    monkeypatch.setattr(Trainer, "_encode", counting_encode)
 
     zero_shot = tmp_path / "zero-shot"
     run_job("evaluate.py", "--data", str(subset / "prepared"), "--encoder", "default", "--out", str(zero_shot),
@@ -92,6 +103,10 @@ def test_local_mode_training_beats_zero_shot_and_writes_the_run(subset, tmp_path
     resolved = from_dict(ExperimentConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
     assert resolved.run.name == "local" and Path(resolved.dataset.prepared).is_absolute()
     assert result.metrics["P@1"] == pytest.approx(metrics["P@1"])
+    # epoch 1's evaluation and epoch 2's mining share one encoding of the labels; the final evaluation,
+    # after epoch 2's steps, encodes them again (a stale reuse would leave one encoding, no reuse three)
+    first, second = (h["steps"] for h in history)
+    assert label_encodings == [first, first + second]
 
 
 def test_rerunning_a_finished_run_trains_nothing_and_reports_its_final_metrics(subset, tmp_path, reference_run):

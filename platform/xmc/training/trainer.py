@@ -192,6 +192,7 @@ class Trainer:
         self.loss_sum = 0.0
         self.loss_count = 0
         self.reported: dict = {}  # what the last checkpoint reported, so a finished run can say it again
+        self._label_text: tuple[int, np.ndarray] | None = None  # (global step, label DE embeddings)
         self.epoch_started = time.time()
         self.reporter = RunReporter(self.run_dir, enabled=self.rank == 0)
         self.final_predictions: tuple[np.ndarray, np.ndarray] | None = None
@@ -256,6 +257,19 @@ class Trainer:
                                   progress=False)
         return gather_rows(local, self.device)
 
+    def label_text_vectors(self) -> np.ndarray:
+        """DE embeddings of every label's text under the current weights (every worker gets all).
+
+        An epoch's evaluation and the next epoch's mining encode the same weights: the second call reuses
+        the first's result instead of encoding all L labels again (on 2 CPU cores, about 2.5 minutes for
+        wordnet's 147K labels). Kept only until the next training step (:meth:`fit` drops it).
+        """
+        if self._label_text is not None and self._label_text[0] == self.global_step:
+            return self._label_text[1]
+        labels = self._encode("labels", np.arange(self.num_labels), self.model.embed_de)
+        self._label_text = (self.global_step, labels)
+        return labels
+
     def initialise_table_from_label_text(self) -> None:
         """``clf_init: label_text``: each worker encodes the labels it owns through the classifier head."""
         ids, lengths = self.cache.arrays("labels")
@@ -312,7 +326,7 @@ class Trainer:
     def refresh_mining(self) -> None:
         """Re-encode labels and training queries, recompute shortlists and query clusters."""
         started = time.time()
-        labels = self._encode("labels", np.arange(self.num_labels), self.model.embed_de)
+        labels = self.label_text_vectors()
         queries = self._encode("train", self.train_rows, self.model.embed_de)
         cfg = self.config.mining
         if self.centroids is not None and self.config.model.centroid_update == "exact":
@@ -514,7 +528,7 @@ class Trainer:
         A query's fused score is ``[q_DE ; q_CLF] · [DE ; CLF]`` = cos_DE + cos_CLF (see
         :meth:`xmc.models.xmc_model.XMCModel.embed_both`). Every worker calls it; every worker gets both.
         """
-        labels_de = self._encode("labels", np.arange(self.num_labels), self.model.embed_de)
+        labels_de = self.label_text_vectors()
         labels_clf = self.table.full_normalized().float().cpu().numpy() if self.table is not None else None
         return self.label_vectors(labels_de), labels_clf
 
@@ -616,6 +630,7 @@ class Trainer:
                              checkpoint_dir_name=f"checkpoint_epoch{self.epoch:03d}_step{self.global_step:07d}")
 
     def restore(self, directory: Path) -> None:
+        self._label_text = None
         self.model.load_state_dict(load_state(directory, "model"))
         self.optimizer.load_state_dict(load_state(directory, "optimizer"))
         for group in self.optimizer.param_groups:  # the configured rates, not the saved ones
@@ -670,6 +685,7 @@ class Trainer:
                     self.refresh_mining()
                 self.plan = self.plan_epoch()
                 self.loss_sum, self.loss_count = 0.0, 0
+            self._label_text = None  # the next step changes the weights
             bar = self._progress_bar(len(self.plan), f"epoch {self.epoch + 1}/{cfg.epochs}")
             bar.update(self.step_in_epoch)
             while self.step_in_epoch < len(self.plan):
