@@ -261,8 +261,8 @@ class Trainer:
         """DE embeddings of every label's text under the current weights (every worker gets all).
 
         An epoch's evaluation and the next epoch's mining encode the same weights: the second call reuses
-        the first's result instead of encoding all L labels again (on 2 CPU cores, about 2.5 minutes for
-        wordnet's 147K labels). Kept only until the next training step (:meth:`fit` drops it).
+        the first's result instead of encoding all L labels again. Kept only until the next training step
+        (:meth:`fit` drops it).
         """
         if self._label_text is not None and self._label_text[0] == self.global_step:
             return self._label_text[1]
