@@ -40,6 +40,11 @@ class HeadsConfig:
         clf_dim: classifier width (0 = the encoder's hidden size).
         clf_init: ``label_text`` (each row starts as its label's zero-shot embedding, so the classifier
             starts where the dual encoder does) or ``xavier`` (UniDEC's random start).
+        clf_untrained: how labels that no training query is tagged with are scored on the classifier side.
+            Their table rows never see a positive, only negative updates when mined or sampled, so they sink
+            below every trained label. ``label_text`` (default) scores them, at every evaluation and in
+            exported bundles, by their label text through the current classifier head: the cold-start value
+            ``clf_init: label_text`` gives every row. ``table`` keeps the trained rows as they are.
         scale: similarity scale 1/τ applied to both heads' cosines (18 ≈ τ 0.056).
         prototypes: score labels by PRIME prototypes (text embedding + free vector + centroid through a
             one-layer transformer) instead of by their text embedding alone.
@@ -56,6 +61,7 @@ class HeadsConfig:
     classifier: bool = True
     clf_dim: int = 0
     clf_init: Literal["label_text", "xavier"] = "label_text"
+    clf_untrained: Literal["label_text", "table"] = "label_text"
     scale: float = 18.0
     prototypes: bool = False
     lpn_heads: int = 1

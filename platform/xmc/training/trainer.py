@@ -155,6 +155,8 @@ class Trainer:
             self.label_weights = inverse_propensity(counts, len(self.train_rows), config.dataset.propensity_a,
                                                     config.dataset.propensity_b)
         self.num_labels = self.dataset.num_labels
+        # labels no training query is tagged with: the classifier never sees them as positives
+        self.untrained_labels = np.flatnonzero(np.diff(self.positives[self.train_rows].tocsc().indptr) == 0)
 
         torch.manual_seed(cfg.seed)
         self.model = XMCModel(TextEncoder(model_dir, config.encoder.pooling, config.encoder.group_by_length),
@@ -527,9 +529,17 @@ class Trainer:
 
         A query's fused score is ``[q_DE ; q_CLF] · [DE ; CLF]`` = cos_DE + cos_CLF (see
         :meth:`xmc.models.xmc_model.XMCModel.embed_both`). Every worker calls it; every worker gets both.
+        With ``model.clf_untrained: label_text``, labels no training query is tagged with take their label text
+        through the current classifier head instead of their table row, which only negatives ever moved (on
+        wordnet, 60% of test positives: fused P@1 21.92 with the stale rows, 28.97 with the text).
         """
         labels_de = self.label_text_vectors()
-        labels_clf = self.table.full_normalized().float().cpu().numpy() if self.table is not None else None
+        labels_clf = None
+        if self.table is not None:
+            labels_clf = self.table.full_normalized().float().cpu().numpy()
+            if self.config.model.clf_untrained == "label_text" and len(self.untrained_labels):
+                labels_clf[self.untrained_labels] = self._encode("labels", self.untrained_labels,
+                                                                 self.model.embed_clf)
         return self.label_vectors(labels_de), labels_clf
 
     def evaluate(self, final: bool) -> dict[str, dict[str, float]] | None:
