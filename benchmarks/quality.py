@@ -202,7 +202,8 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     out = Path(args.out)
     for name in datasets:
-        config = load_config(ExperimentConfig, REPO / "configs" / "datasets" / f"{name}.yaml")
+        # the --set overrides reach the baselines too (a dataset.prepared or encoder.model elsewhere)
+        config = load_config(ExperimentConfig, REPO / "configs" / "datasets" / f"{name}.yaml", args.overrides)
         config, _ = resolve_run(config)
         dataset = ensure_prepared(config)
         rows = results[name] = {}  # written after every row: an interrupted run keeps what it finished
