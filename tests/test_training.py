@@ -19,6 +19,7 @@ from xmc.config import from_dict, load_config
 from xmc.data.dataset import PreparedDataset
 from xmc.data.prepare import prepare_dataset
 from xmc.experiment import ExperimentConfig
+from xmc.mining.ann import AnnConfig
 
 from conftest import LOOPBACK_ENV, REPO, run_job, write_lf_subset
 
@@ -106,37 +107,48 @@ def test_local_mode_training_beats_zero_shot_and_writes_the_run(subset, tmp_path
     assert result.metrics["P@1"] == pytest.approx(metrics["P@1"])
     # epoch 1's evaluation and epoch 2's mining share one encoding of the labels; the final evaluation,
     # after epoch 2's steps, encodes them again (a stale reuse would leave one encoding, no reuse three)
-    # Each evaluation also encodes the labels no training query has, for their classifier-side vectors.
     first, second = (h["steps"] for h in history)
-    positives = PreparedDataset(subset / "prepared").label_matrix("train")
-    num_labels, untrained = positives.shape[1], int((np.asarray(positives.sum(axis=0)).ravel() == 0).sum())
-    assert untrained > 0
-    assert [step for step, count in label_encodings if count == num_labels] == [first, first + second]
-    assert [step for step, count in label_encodings if count == untrained] == [first, first + second]
-    assert len(label_encodings) == 4
+    num_labels = PreparedDataset(subset / "prepared").num_labels
+    assert label_encodings == [(first, num_labels), (first + second, num_labels)]
 
 
-def test_untrained_labels_are_scored_by_their_text_on_the_classifier_side(reference_run, tmp_path):
-    """A label no training query is tagged with never gets a positive update, only pushes away as a negative:
-    its table row is not evidence. The classifier side scores it by its text under the trained encoder."""
-    from xmc.index.export import find_checkpoint, load_trained
+def test_untrained_labels_are_scored_by_their_text_when_asked(reference_run, tmp_path):
+    """A label no training query is tagged with never gets a positive update, only pushes away as a negative.
+    ``clf_untrained: label_text`` scores it by its text under the trained encoder on the classifier side, in
+    evaluation and in an exported bundle; the default ``table`` keeps the trained rows."""
+    import faiss
 
-    trainer = load_trained(reference_run, find_checkpoint(reference_run), tmp_path)
+    from xmc.index.bundle import shard_dir
+    from xmc.index.config import ExportConfig
+    from xmc.index.export import export_run, find_checkpoint, load_trained
+
+    trainer = load_trained(reference_run, find_checkpoint(reference_run), tmp_path / "scratch")
+    assert trainer.config.model.clf_untrained == "table"
     counts = np.asarray(trainer.positives[trainer.train_rows].sum(axis=0)).ravel()
     untrained = trainer.untrained_labels
     assert np.array_equal(untrained, np.flatnonzero(counts == 0)) and 0 < len(untrained) < trainer.num_labels
     trained = np.flatnonzero(counts > 0)
     table = trainer.table.full_normalized().numpy()
+    _, kept = trainer.scoring_vectors()
+    assert np.array_equal(kept, table)
+
+    trainer.config.model.clf_untrained = "label_text"
     _, clf = trainer.scoring_vectors()
     assert np.array_equal(clf[trained], table[trained])
     text = trainer._encode("labels", untrained, trainer.model.embed_clf)
     assert np.allclose(clf[untrained], text, atol=1e-6)
     assert np.allclose(np.linalg.norm(clf, axis=1), 1.0, atol=1e-5)
-    # training moved both the encoder and those rows: the trained table is not what the text now says
+    # training moved the encoder and those rows: the trained table is not what the text now says
     assert np.abs(table[untrained] - text).max() > 1e-2
-    trainer.config.model.clf_untrained = "table"
-    _, kept = trainer.scoring_vectors()
-    assert np.array_equal(kept, table)
+
+    # an export may choose the rule without retraining; the bundle's vectors are [DE ; CLF] per label
+    bundle = export_run(reference_run, tmp_path / "bundle",
+                        ExportConfig(clf_untrained="label_text", ann=AnnConfig(kind="flat")))
+    index = faiss.read_index(str(bundle / shard_dir(0) / "index.faiss"))
+    vectors = index.reconstruct_n(0, index.ntotal)
+    d = trainer.model.de_dim
+    assert index.ntotal == trainer.num_labels
+    assert np.allclose(vectors[:, d:], clf, atol=1e-5) and not np.allclose(vectors[untrained, d:], table[untrained])
 
 
 def test_rerunning_a_finished_run_trains_nothing_and_reports_its_final_metrics(subset, tmp_path, reference_run):

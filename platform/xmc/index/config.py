@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from xmc.mining.ann import AnnConfig
 
@@ -18,12 +19,16 @@ class ExportConfig:
             for 147K 768-d labels on 2 cores); HNSW answers the same queries in about 1.4 ms at recall@10
             0.99 (``benchmarks/serve_latency.py --index-choices`` measures it on a bundle).
         encode_batch_size: texts per forward pass when encoding labels for the index.
+        clf_untrained: ``table`` or ``label_text`` overrides the run's ``model.clf_untrained`` (how labels
+            without training data are scored on the classifier side; a scoring choice, so no retraining);
+            "" keeps the run's.
     """
 
     shards: int = 1
     checkpoint: str = ""
     ann: AnnConfig = field(default_factory=lambda: AnnConfig(exact_below=50_000, large_kind="hnsw"))
     encode_batch_size: int = 256
+    clf_untrained: Literal["", "table", "label_text"] = ""
 
     def validate(self) -> None:
         if self.shards < 1:

@@ -87,6 +87,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, config: ExportConfig) -
     checkpoint = find_checkpoint(run_dir, config.checkpoint)
     with tempfile.TemporaryDirectory(prefix="xmc-export-") as scratch:
         trainer = load_trained(run_dir, checkpoint, Path(scratch))
+        if config.clf_untrained:
+            trainer.config.model.clf_untrained = config.clf_untrained
         de, clf = trainer.scoring_vectors()
     vectors = np.ascontiguousarray(de if clf is None else np.concatenate([de, clf], axis=1), dtype=np.float32)
     experiment = trainer.config

@@ -41,10 +41,12 @@ class HeadsConfig:
         clf_init: ``label_text`` (each row starts as its label's zero-shot embedding, so the classifier
             starts where the dual encoder does) or ``xavier`` (UniDEC's random start).
         clf_untrained: how labels that no training query is tagged with are scored on the classifier side.
-            Their table rows never see a positive, only negative updates when mined or sampled, so they sink
-            below every trained label. ``label_text`` (default) scores them, at every evaluation and in
-            exported bundles, by their label text through the current classifier head: the cold-start value
-            ``clf_init: label_text`` gives every row. ``table`` keeps the trained rows as they are.
+            Their table rows never see a positive, only negative updates when mined or sampled. ``table``
+            (default) keeps those rows; ``label_text`` scores such labels, at every evaluation and in exported
+            bundles, by their label text through the current classifier head (the value ``clf_init:
+            label_text`` starts every row with), which ranks them higher. Choose by how often queries are
+            about labels without training data: on wordnet (60% of test positives) ``label_text`` lifts
+            fused P@1 from 21.92 to 28.97; on a 768-query cooking subset (8%) it lowers it from 69.67 to 63.33.
         scale: similarity scale 1/τ applied to both heads' cosines (18 ≈ τ 0.056).
         prototypes: score labels by PRIME prototypes (text embedding + free vector + centroid through a
             one-layer transformer) instead of by their text embedding alone.
@@ -61,7 +63,7 @@ class HeadsConfig:
     classifier: bool = True
     clf_dim: int = 0
     clf_init: Literal["label_text", "xavier"] = "label_text"
-    clf_untrained: Literal["label_text", "table"] = "label_text"
+    clf_untrained: Literal["table", "label_text"] = "table"
     scale: float = 18.0
     prototypes: bool = False
     lpn_heads: int = 1

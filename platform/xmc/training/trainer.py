@@ -530,8 +530,7 @@ class Trainer:
         A query's fused score is ``[q_DE ; q_CLF] · [DE ; CLF]`` = cos_DE + cos_CLF (see
         :meth:`xmc.models.xmc_model.XMCModel.embed_both`). Every worker calls it; every worker gets both.
         With ``model.clf_untrained: label_text``, labels no training query is tagged with take their label text
-        through the current classifier head instead of their table row, which only negatives ever moved (on
-        wordnet, 60% of test positives: fused P@1 21.92 with the stale rows, 28.97 with the text).
+        through the current classifier head instead of their table row, which only negatives ever moved.
         """
         labels_de = self.label_text_vectors()
         labels_clf = None
