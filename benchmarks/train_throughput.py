@@ -15,6 +15,9 @@ two readings of "the same batches":
   method's own extra work, encoding the label pool (a dual encoder must: labels get gradients too).
 
 Prints one JSON object. On a GPU it also reports bf16 autocast and the model FLOPs utilisation (MFU).
+``--profile N`` adds a torch.profiler reading of N more full steps: the step's phases (the trainer's
+``xmc.*`` ranges: pool, tokens, forward, loss, backward, optimizer) and the operators that take the most
+host and device time, in milliseconds per step, to find where a step's time goes beyond the encoder.
 """
 
 from __future__ import annotations
@@ -84,19 +87,59 @@ def full_steps(trainer: Trainer, batches: list[np.ndarray]) -> float:
     return elapsed
 
 
+def profile_steps(trainer: Trainer, batches: list[np.ndarray], top: int = 12) -> dict:
+    """Per-step milliseconds of the trainer's phases and of the costliest operators (host and device)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = trainer.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    full_steps(trainer, batches[:1])  # warm
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        for i, batch in enumerate(batches):
+            trainer.step_in_epoch = i
+            trainer.train_step(batch)
+        sync(trainer.device)
+        wall = time.perf_counter() - started
+    n = len(batches)
+    events = prof.key_averages()
+
+    def device_us(event, field: str) -> float:  # renamed from *_cuda_* to *_device_* in torch 2.4
+        return float(getattr(event, field.replace("cuda", "device"), getattr(event, field, 0.0)) or 0.0)
+
+    def row(event) -> dict:
+        return {"op": event.key, "calls_per_step": event.count / n,
+                "cpu_total_ms": event.cpu_time_total / 1e3 / n, "self_cpu_ms": event.self_cpu_time_total / 1e3 / n,
+                "self_device_ms": device_us(event, "self_cuda_time_total") / 1e3 / n}
+
+    phases: dict[str, float] = {}
+    for e in events:  # a range is listed once on the host and, on a GPU, once more as a device annotation
+        if e.key.startswith("xmc."):
+            phases[e.key] = max(phases.get(e.key, 0.0), round(e.cpu_time_total / 1e3 / n, 2))
+    ops = [e for e in events if not e.key.startswith("xmc.")]
+    result = {"steps": n, "wall_ms_per_step": wall * 1e3 / n, "phases_host_ms": phases,
+              "top_self_cpu": [row(e) for e in sorted(ops, key=lambda e: -e.self_cpu_time_total)[:top]]}
+    if cuda:
+        result["device_busy_ms_per_step"] = sum(device_us(e, "self_cuda_time_total") for e in ops) / 1e3 / n
+        result["top_self_device"] = [row(e) for e in
+                                     sorted(ops, key=lambda e: -device_us(e, "self_cuda_time_total"))[:top]]
+    return result
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def measure(config: ExperimentConfig, steps: int) -> dict:
+def measure(config: ExperimentConfig, steps: int, profile: int = 0) -> dict:
     config, run_dir = resolve_run(config, "throughput-benchmark")
     ensure_prepared(config)
     trainer = Trainer(config, run_dir / "unused")
     trainer.epoch = config.mining.start_epoch  # steady state: clustered batches, hard negatives on
     trainer.refresh_mining()
     trainer.plan = trainer.plan_epoch()
-    batches = [trainer.plan.batch(i) for i in range(min(steps + 1, len(trainer.plan)))]
+    everything = [trainer.plan.batch(i) for i in range(min(steps + 1 + profile, len(trainer.plan)))]
+    batches, profiled = everything[: steps + 1], everything[steps + 1:]
     examples = sum(len(b) for b in batches[1:])
     pools = []
     for i, batch in enumerate(batches):
@@ -128,6 +171,8 @@ def measure(config: ExperimentConfig, steps: int) -> dict:
         params = sum(p.numel() for p in trainer.model.encoder.parameters())
         # 6 · parameters · tokens for forward + backward of queries and pool labels (attention not counted)
         result["mfu"] = 6 * params * (tokens + label_tokens) / full_s / H100_BF16_DENSE_FLOPS
+    if profiled:
+        result["profile"] = profile_steps(trainer, profiled)
     return result
 
 
@@ -135,16 +180,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], action="append",
+                        help="measure only these (default: both)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile N more full steps with torch.profiler")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
     base = ["train.num_workers=0", "train.progress=false", f"train.use_gpu={str(gpu).lower()}", *args.overrides]
     report = {"benchmark": "train_throughput", "config": args.config}
-    for precision in ("fp32", "bf16"):
+    precisions = args.precision or ["fp32", "bf16"]
+    for precision in precisions:
         config = load_config(ExperimentConfig, args.config, base + [f"train.precision={precision}"])
-        report[precision] = measure(config, args.steps)
-    report["ratio"] = report["fp32"]["ratio"]
-    report["ratio_vs_query_encoder"] = report["fp32"]["ratio_vs_query_encoder"]
+        report[precision] = measure(config, args.steps, args.profile)
+    report["ratio"] = report[precisions[0]]["ratio"]
+    report["ratio_vs_query_encoder"] = report[precisions[0]]["ratio_vs_query_encoder"]
     report["goal_ratio"] = 0.8
     print(json.dumps(report, indent=1))
 

@@ -114,3 +114,24 @@ def test_frozen_backbone_encodes_like_the_eager_one(cooking_prepared):
         ours = encode_tokens(normalized(frozen), ids, lengths, batch_size=batch_size, rows=rows)
         reference = encode_tokens(normalized(eager), ids, lengths, batch_size=batch_size, rows=rows)
         np.testing.assert_allclose(ours, reference, atol=2e-5)
+
+
+def test_encoder_attention_never_uses_cudnn(default_encoder, cooking_prepared):
+    """cuDNN attention plans anew for every batch shape (about 55 ms of host time a call on an H100, where a
+    training step's shapes keep changing): the encoder's forward runs with it switched off, and leaves the
+    process's setting as it found it."""
+    cache = PreparedDataset(cooking_prepared).token_cache(default_encoder.model_dir, 48, "title", "title",
+                                                          progress=False)
+    ids, mask = cache.batch("train", np.arange(8))
+    seen = []
+    hook = default_encoder.backbone.register_forward_hook(
+        lambda *_: seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+                                torch.backends.cuda.mem_efficient_sdp_enabled())))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        with torch.no_grad():
+            default_encoder(ids, mask)
+    finally:
+        hook.remove()
+    assert seen and all(state == (False, True, True) for state in seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before

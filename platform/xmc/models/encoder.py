@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from xmc.config import ConfigError, resolve_path
@@ -74,6 +75,13 @@ def inference_dtype(setting: str, device: torch.device) -> torch.dtype:
 #: in 30.6 ms (0.75 us a token), and one more call adds a few hundred small kernel launches (about 1.5 ms), so
 #: a GPU batch of short texts stays whole or splits once instead of running as seven launch-bound pieces.
 GROUP_OVERHEAD_TOKENS = {"cpu": 64, "cuda": 2048}
+
+#: Attention kernels the encoder may use: every one of PyTorch's but cuDNN's. A cuDNN attention call builds
+#: an execution plan for each new (batch, length) shape, and a training step's shapes are new all the time
+#: (a batch's length groups, a pool of varying size). On an H100 that planning took about 55 ms of host time
+#: per call, forward and backward, against 0.2 ms of GPU work: 480 ms of a 490 ms wordnet step with a
+#: one-layer encoder, 49 ms once cuDNN is left out (``benchmarks/train_throughput.py --profile``).
+ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def length_groups(lengths: torch.Tensor, overhead_tokens: int = GROUP_OVERHEAD_TOKENS["cpu"]
@@ -141,7 +149,8 @@ class TextEncoder(nn.Module):
         return torch.cat(parts)[torch.argsort(torch.cat(groups))]
 
     def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        with sdpa_kernel(ATTENTION_BACKENDS):  # the backward runs the kernel its forward chose
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

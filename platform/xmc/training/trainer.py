@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from xmc.config import resolve_path
 from xmc.data.config import split_validation
@@ -442,11 +443,12 @@ class Trainer:
         if self.config.pool.all_labels:
             return self._all_labels_step(batch)
         cfg = self.config
-        pool = self.step_pool(batch)
-        positions = local_slice(np.arange(len(batch)), self.rank, self.world)
-        targets = torch.from_numpy(pool.targets[positions]).to(self.device)
-        row_mask = torch.from_numpy(pool.row_mask[positions]).to(self.device)
-        pool_ids = torch.from_numpy(pool.label_ids).to(self.device)
+        with record_function("xmc.pool"):
+            pool = self.step_pool(batch)
+            positions = local_slice(np.arange(len(batch)), self.rank, self.world)
+            targets = torch.from_numpy(pool.targets[positions]).to(self.device)
+            row_mask = torch.from_numpy(pool.row_mask[positions]).to(self.device)
+            pool_ids = torch.from_numpy(pool.label_ids).to(self.device)
 
         # every worker encodes an equal share of the pool (padded by repeating the first labels)
         num_pool = len(pool.label_ids)
@@ -459,21 +461,25 @@ class Trainer:
             mine = torch.from_numpy(my_positions).to(self.device)
             extra = {"label_free": free[mine], "label_centroid": centroids[mine]}
 
-        query_ids, query_mask = self.cache.batch("train", batch[positions])
-        label_ids, label_mask = self.cache.batch("labels", pool.label_ids[my_positions])
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with record_function("xmc.tokens"):
+            query_ids, query_mask = self.cache.batch("train", batch[positions])
+            label_ids, label_mask = self.cache.batch("labels", pool.label_ids[my_positions])
+        with record_function("xmc.forward"), torch.autocast(
+                self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
             out = self.ddp_model(query_ids.to(self.device), query_mask.to(self.device),
                                  label_ids.to(self.device), label_mask.to(self.device), **extra)
-        label_text = all_gather_with_grad(out["label_de"], [share] * self.world)[:num_pool]
-        label_proto = (all_gather_with_grad(out["label_proto"], [share] * self.world)[:num_pool]
-                       if "label_proto" in out else None)
-        loss = self._loss(out, label_text, label_proto, pool_ids, targets, row_mask)
+        with record_function("xmc.loss"):
+            label_text = all_gather_with_grad(out["label_de"], [share] * self.world)[:num_pool]
+            label_proto = (all_gather_with_grad(out["label_proto"], [share] * self.world)[:num_pool]
+                           if "label_proto" in out else None)
+            loss = self._loss(out, label_text, label_proto, pool_ids, targets, row_mask)
 
         for optimizer in self._optimizers():
             optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self._apply_gradients()
+        with record_function("xmc.backward"):
+            loss.backward()
+        with record_function("xmc.optimizer"):
+            self._apply_gradients()
         if self.centroids is not None and cfg.model.centroid_update == "ema":
             self.centroids.ema_update(pool_ids, out["query_de"].detach(), targets, cfg.model.centroid_beta)
         return mean_over_workers(float(loss.detach()), self.device)
