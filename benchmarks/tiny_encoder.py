@@ -1,0 +1,40 @@
+"""Write a one-layer, 32-wide BERT with the default encoder's tokenizer, for measuring the framework.
+
+    python benchmarks/tiny_encoder.py OUT_DIR
+    python benchmarks/train_throughput.py --config configs/wordnet.yaml --set encoder.model=OUT_DIR --profile 4
+
+With the encoder's own compute nearly gone, what a training step still costs is the project's and the
+libraries' overhead (pool building, collectives, optimizers, kernel launches, per-shape planning), which the
+real encoder hides on a CPU. Random weights: for speed readings only, never for quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from xmc.models.config import DEFAULT_MODEL
+from xmc.models.encoder import load_tokenizer, resolve_model_dir
+
+
+def write_tiny_encoder(out: Path, source: Path) -> Path:
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(str(source))
+    config.update({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
+    out.mkdir(parents=True, exist_ok=True)
+    AutoModel.from_config(config).save_pretrained(str(out))
+    load_tokenizer(source).save_pretrained(str(out))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--like", default=DEFAULT_MODEL, help="model directory whose tokenizer and kind to use")
+    args = parser.parse_args()
+    print(write_tiny_encoder(args.out, resolve_model_dir(args.like)))
+
+
+if __name__ == "__main__":
+    main()
