@@ -148,16 +148,14 @@ class Trainer:
         self.train_rows, self.validation_rows = split_validation(labelled, config.dataset.validation_fraction,
                                                                  config.dataset.validation_seed)
         self.propensity_rows = self.train_rows if len(self.validation_rows) else None
-        if self.propensity_rows is None:
-            self.label_weights = self.dataset.inverse_propensity(config.dataset.propensity_a,
-                                                                 config.dataset.propensity_b)
-        else:
-            counts = np.asarray(self.positives[self.train_rows].sum(axis=0)).ravel()
-            self.label_weights = inverse_propensity(counts, len(self.train_rows), config.dataset.propensity_a,
-                                                    config.dataset.propensity_b)
         self.num_labels = self.dataset.num_labels
-        # labels no training query is tagged with: the classifier never sees them as positives
-        self.untrained_labels = np.flatnonzero(np.diff(self.positives[self.train_rows].tocsc().indptr) == 0)
+        # training positives per label: the propensities, and the labels no training query is tagged with
+        # (the classifier never sees those as positives)
+        train_counts = np.bincount(self.positives[self.train_rows].indices, minlength=self.num_labels)
+        points = len(self.train_rows) if len(self.validation_rows) else self.dataset.num_points("train")
+        self.label_weights = inverse_propensity(train_counts, points, config.dataset.propensity_a,
+                                                config.dataset.propensity_b)
+        self.untrained_labels = np.flatnonzero(train_counts == 0)
 
         torch.manual_seed(cfg.seed)
         self.model = XMCModel(TextEncoder(model_dir, config.encoder.pooling, config.encoder.group_by_length),
