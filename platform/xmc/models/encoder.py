@@ -79,8 +79,8 @@ GROUP_OVERHEAD_TOKENS = {"cpu": 64, "cuda": 2048}
 #: Attention kernels the encoder may use: every one of PyTorch's but cuDNN's. A cuDNN attention call builds
 #: an execution plan for each new (batch, length) shape, and a training step's shapes are new all the time
 #: (a batch's length groups, a pool of varying size). On an H100 that planning took about 55 ms of host time
-#: per call, forward and backward, against 0.2 ms of GPU work: 480 ms of a 490 ms wordnet step with a
-#: one-layer encoder, 49 ms once cuDNN is left out (``benchmarks/train_throughput.py --profile``).
+#: per call, forward and backward, against 0.2 ms of GPU work: 413 ms of a 481 ms wordnet step with a
+#: one-layer encoder, whose step took 64 ms once cuDNN was left out (``benchmarks/train_throughput.py --profile``).
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
