@@ -63,13 +63,16 @@ class PreparedDataset:
         return sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)),
                              shape=(self.num_points(split), self.num_labels))
 
-    @functools.lru_cache(maxsize=None)
-    def train_label_counts(self) -> np.ndarray:
-        return np.asarray(self.label_matrix("train").sum(axis=0)).ravel().astype(np.int64)
+    def train_label_counts(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Training points per label, counted on ``rows`` of the train split (default: all of them)."""
+        matrix = self.label_matrix("train")
+        return np.bincount((matrix if rows is None else matrix[rows]).indices, minlength=self.num_labels)
 
-    def inverse_propensity(self, a: float, b: float) -> np.ndarray:
-        """Jain et al. inverse propensities from the train label frequencies."""
-        return inverse_propensity(self.train_label_counts(), self.num_points("train"), a, b)
+    def inverse_propensity(self, a: float, b: float, rows: np.ndarray | None = None) -> np.ndarray:
+        """Jain et al. inverse propensities from the train label frequencies, counted on ``rows`` of the
+        train split (default: all; a validation hold-out leaves its points out)."""
+        points = self.num_points("train") if rows is None else len(rows)
+        return inverse_propensity(self.train_label_counts(rows), points, a, b)
 
     def texts(self, split: str, fields: str = "title") -> list[str]:
         """All texts of ``split`` ("train", "test" or "labels"); for small sets and serving exports."""

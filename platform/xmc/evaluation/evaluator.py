@@ -6,7 +6,6 @@ import numpy as np
 
 from xmc.data.dataset import PreparedDataset
 from xmc.evaluation.metrics import REPORTED_METRICS, compute_metrics
-from xmc.evaluation.propensity import inverse_propensity
 
 
 def evaluate_predictions(dataset: PreparedDataset, indices: np.ndarray, scores: np.ndarray,
@@ -24,11 +23,7 @@ def evaluate_predictions(dataset: PreparedDataset, indices: np.ndarray, scores: 
     if rows is not None:
         truth = truth[rows]
         exclude = exclude[rows] if exclude is not None else None
-    if train_rows is None:
-        inv_prop = dataset.inverse_propensity(propensity_a, propensity_b)
-    else:
-        counts = np.asarray(dataset.label_matrix("train")[train_rows].sum(axis=0)).ravel()
-        inv_prop = inverse_propensity(counts, len(train_rows), propensity_a, propensity_b)
+    inv_prop = dataset.inverse_propensity(propensity_a, propensity_b, train_rows)
     metrics = compute_metrics(indices, scores, truth, inv_prop, exclude=exclude)
     keys = list(REPORTED_METRICS) + (["R@100"] if "R@100" in metrics else [])
     return {key: round(metrics[key], 4) for key in keys}

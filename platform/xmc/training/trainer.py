@@ -41,7 +41,6 @@ from xmc.data.dataset import PreparedDataset
 from xmc.evaluation.evaluator import evaluate_predictions
 from xmc.evaluation.predictions import save_predictions
 from xmc.evaluation.predictor import predict_topk
-from xmc.evaluation.propensity import inverse_propensity
 from xmc.experiment import ExperimentConfig
 from xmc.losses.criteria import make_criterion
 from xmc.losses.triplet import prototype_regularizer
@@ -149,13 +148,10 @@ class Trainer:
                                                                  config.dataset.validation_seed)
         self.propensity_rows = self.train_rows if len(self.validation_rows) else None
         self.num_labels = self.dataset.num_labels
-        # training positives per label: the propensities, and the labels no training query is tagged with
-        # (the classifier never sees those as positives)
-        train_counts = np.bincount(self.positives[self.train_rows].indices, minlength=self.num_labels)
-        points = len(self.train_rows) if len(self.validation_rows) else self.dataset.num_points("train")
-        self.label_weights = inverse_propensity(train_counts, points, config.dataset.propensity_a,
-                                                config.dataset.propensity_b)
-        self.untrained_labels = np.flatnonzero(train_counts == 0)
+        self.label_weights = self.dataset.inverse_propensity(config.dataset.propensity_a, config.dataset.propensity_b,
+                                                             self.propensity_rows)
+        # labels no training query is tagged with: the classifier never sees them as positives
+        self.untrained_labels = np.flatnonzero(self.dataset.train_label_counts(self.train_rows) == 0)
 
         torch.manual_seed(cfg.seed)
         self.model = XMCModel(TextEncoder(model_dir, config.encoder.pooling, config.encoder.group_by_length),
