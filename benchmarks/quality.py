@@ -19,7 +19,10 @@ retrains them).
 process's Ray cluster (logs in ``.bench/logs``), with a share of a GPU per worker (``train.gpus_per_worker``).
 The GPU is time-shared, not multiplied (on an H100 three MiniLM training processes took 88 ms a step each,
 one alone 30.6 ms); what the runs gain is overlapping their CPU phases: mining, clustering, evaluation.
-``--baselines`` picks the rows computed beside the recipes; a machine that cannot install the peers (an
+``--calibrate F`` trains each recipe on all but a fraction F of the training points and adds a row for the
+same run scored on test with the fused-score settings chosen on those held-out points (``jobs/calibrate.py``:
+the weight of cos_DE and an offset for labels without training positives; the test split plays no part in
+the choice). ``--baselines`` picks the rows computed beside the recipes; a machine that cannot install the peers (an
 offline GPU host) leaves them out, and ``--merge`` joins the JSON of runs made on different machines into
 one table.
 """
@@ -40,8 +43,10 @@ import scipy.sparse as sp
 
 from xmc.config import load_config
 from xmc.data.dataset import PreparedDataset
+from xmc.evaluation.config import CalibrateConfig
 from xmc.evaluation.evaluator import evaluate_predictions
 from xmc.evaluation.predictor import zero_shot_predict
+from xmc.evaluation.selection import calibrate_run
 from xmc.experiment import ExperimentConfig
 from xmc.io import write_json
 from xmc.training.driver import ensure_prepared, init_ray, resolve_run, run_training
@@ -97,7 +102,7 @@ def run_peers(dataset: PreparedDataset, config: ExperimentConfig, workdir: Path)
 
 
 def run_recipes_concurrently(dataset_name: str, recipes: list[str], overrides: list[str],
-                             fresh: bool) -> dict:
+                             fresh: bool, hold_out: float) -> dict:
     """Each recipe in a child process (this script, one recipe, no baselines) joining this process's Ray."""
     import ray
 
@@ -112,6 +117,7 @@ def run_recipes_concurrently(dataset_name: str, recipes: list[str], overrides: l
         part.unlink(missing_ok=True)
         command = [sys.executable, str(Path(__file__).resolve()), "--datasets", dataset_name,
                    "--recipes", recipe, "--baselines", "--out", str(part), *(["--fresh"] if fresh else []),
+                   *(["--calibrate", str(hold_out)] if hold_out else []),
                    *(arg for override in overrides for arg in ("--set", override))]
         with log.open("w") as stream:
             child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
@@ -123,8 +129,9 @@ def run_recipes_concurrently(dataset_name: str, recipes: list[str], overrides: l
             if child.wait() != 0:
                 failed.append(f"{recipe} (exit {child.returncode}, log {log})")
                 continue
-            rows[recipe] = json.loads(part.read_text())[dataset_name][recipe]
-            print(f"{dataset_name}: {recipe} P@1 {rows[recipe]['P@1']:.2f}", flush=True)
+            for name, row in json.loads(part.read_text())[dataset_name].items():
+                rows[name] = row
+                print(f"{dataset_name}: {name} P@1 {row['P@1']:.2f}", flush=True)
     finally:  # interrupted: stop the children too (their runs resume from their last checkpoints)
         for child, _, _ in children.values():
             if child.poll() is None:
@@ -150,20 +157,47 @@ def merge_results(paths: list[Path]) -> dict[str, dict[str, dict]]:
             for name, rows in merged.items()}
 
 
-def run_recipe(dataset_name: str, recipe: str, overrides: list[str], fresh: bool) -> dict:
+def run_recipe(dataset_name: str, recipe: str, overrides: list[str], fresh: bool,
+               hold_out: float = 0.0) -> dict[str, dict]:
+    """The recipe's row, and with ``hold_out`` a second row: the same run scored on test with the fused-score
+    settings ``jobs/calibrate.py`` chose on the run's validation hold-out (that fraction of the training
+    points, never trained on)."""
+    suffix = "-holdout" if hold_out else ""
     config = load_config(ExperimentConfig, [REPO / "configs" / "datasets" / f"{dataset_name}.yaml",
                                             REPO / "configs" / "methods" / f"{recipe}.yaml"],
                          [*DATASET_SETTINGS.get(dataset_name, []), *RECIPE_SETTINGS.get((dataset_name, recipe), []),
-                          f"run.storage={BENCH / 'runs'}", f"run.name=quality-{dataset_name}-{recipe}",
-                          "train.progress=false", *overrides])
+                          f"run.storage={BENCH / 'runs'}", f"run.name=quality-{dataset_name}-{recipe}{suffix}",
+                          "train.progress=false",
+                          *([f"dataset.validation_fraction={hold_out}"] if hold_out else []), *overrides])
     _, run_dir = resolve_run(config)
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     run_training(config)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    return {**{k: metrics[k] for k in metrics if not isinstance(metrics[k], dict)},
-            "train_s": sum(h["seconds"] for h in history), "epochs": len(history)}
+    train = {"train_s": sum(h["seconds"] for h in history), "epochs": len(history)}
+    rows = {recipe: {**{k: metrics[k] for k in metrics if not isinstance(metrics[k], dict)}, **train}}
+    if hold_out:
+        record = calibrate_run(run_dir, CalibrateConfig())
+        rows[f"{recipe} + calibration"] = {**test_metrics_with(run_dir, record), **train,
+                                           "calibration": record["selected"],
+                                           "validation_" + record["metric"]: record["validation"][record["metric"]]}
+    return rows
+
+
+def test_metrics_with(run_dir: Path, record: dict) -> dict:
+    """Test metrics of the calibrated checkpoint with the settings the calibration chose (fused score)."""
+    import tempfile
+
+    from xmc.index.export import find_checkpoint, load_trained
+
+    with tempfile.TemporaryDirectory(prefix="xmc-quality-") as scratch:
+        trainer = load_trained(run_dir, find_checkpoint(run_dir, record["checkpoint"]), Path(scratch))
+        for key, value in record["selected"].items():
+            setattr(trainer.config.model, key, value)
+        trainer.config.eval.split = "test"
+        results = trainer.evaluate(final=False)
+    return results.get("fused") or results["de"]
 
 
 def table(results: dict[str, dict[str, dict]]) -> str:
@@ -188,6 +222,10 @@ def main() -> None:
     parser.add_argument("--concurrent", action="store_true", help="train a dataset's recipes side by side")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for every recipe")
     parser.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
+    parser.add_argument("--calibrate", type=float, default=0.0, metavar="FRACTION",
+                        help="train on all but this fraction of the training points, choose the fused-score "
+                             "settings on that hold-out (jobs/calibrate.py) and add a '<recipe> + calibration' "
+                             "row: the same run on test with them")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="print (and write to --out) the table of earlier results instead of running")
     parser.add_argument("--out", default=str(BENCH / "quality.json"))
@@ -218,14 +256,16 @@ def main() -> None:
             rows.update(run_peers(dataset, config, BENCH / "peers" / name))
             write_json(out, results)
         if args.concurrent and len(args.recipes) > 1:
-            rows.update(run_recipes_concurrently(name, args.recipes, args.overrides, args.fresh))
+            rows.update(run_recipes_concurrently(name, args.recipes, args.overrides, args.fresh, args.calibrate))
             write_json(out, results)
         else:
             for recipe in args.recipes:
                 started = time.perf_counter()
-                rows[recipe] = run_recipe(name, recipe, args.overrides, args.fresh)
+                made = run_recipe(name, recipe, args.overrides, args.fresh, args.calibrate)
+                rows.update(made)
                 seconds = time.perf_counter() - started
-                print(f"{name}: {recipe} P@1 {rows[recipe]['P@1']:.2f} ({seconds:.0f}s)", flush=True)
+                for method, row in made.items():
+                    print(f"{name}: {method} P@1 {row['P@1']:.2f} ({seconds:.0f}s)", flush=True)
                 write_json(out, results)
     print(table(results))
 

@@ -22,6 +22,12 @@ class ExportConfig:
         clf_untrained: ``table`` or ``label_text`` overrides the run's ``model.clf_untrained`` (how labels
             without training data are scored on the classifier side; a scoring choice, so no retraining);
             "" keeps the run's.
+        calibration: ``auto`` applies the run's ``calibration.json`` (the fused-score settings
+            ``jobs/calibrate.py`` chose on the validation hold-out for the exported checkpoint) when the run
+            has one; ``off`` keeps the run's own settings.
+        de_weight, cold_start_offset: override the run's (and its calibration's) ``model.de_weight`` and
+            ``model.cold_start_offset``, e.g. with the values calibrated on a held-out run of the same recipe
+            (None keeps them).
     """
 
     shards: int = 1
@@ -29,6 +35,9 @@ class ExportConfig:
     ann: AnnConfig = field(default_factory=lambda: AnnConfig(exact_below=50_000, large_kind="hnsw"))
     encode_batch_size: int = 256
     clf_untrained: Literal["", "table", "label_text"] = ""
+    calibration: Literal["auto", "off"] = "auto"
+    de_weight: float | None = None
+    cold_start_offset: float | None = None
 
     def validate(self) -> None:
         if self.shards < 1:

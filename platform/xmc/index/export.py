@@ -1,8 +1,9 @@
 """Export a trained run as a serving bundle (layout in :mod:`xmc.index.bundle`).
 
 The label vectors are the ones the run's own evaluation ranks with (:meth:`Trainer.scoring_vectors`):
-``[DE ; CLF]`` per label, so an inner product with the query tower's ``[q_DE ; q_CLF]`` is the fused score
-cos_DE + cos_CLF, exactly as trained and evaluated.
+``[de_weight · DE ; CLF]`` per label, plus the cold-start offset column when the model has one
+(:mod:`xmc.evaluation.calibration`), so an inner product with the query tower's vector is the fused score
+exactly as evaluated. A run calibrated by ``jobs/calibrate.py`` is exported with the settings chosen there.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from xmc.config import ConfigError, load_config, to_dict
+from xmc.evaluation import calibration
 from xmc.index.bundle import FORMAT, FORMAT_VERSION, MANIFEST, BundleError, file_digests, shard_dir
 from xmc.index.config import ExportConfig
 from xmc.index.shards import shard_ranges
 from xmc.io import atomic_dir, write_json
 
 CHECKPOINT_PREFIX = "checkpoint_"
+CALIBRATION_FILE = "calibration.json"
 
 
 def find_checkpoint(run_dir: Path, name: str = "") -> Path:
@@ -56,6 +59,28 @@ def load_trained(run_dir: Path, checkpoint: Path, scratch: Path):
     return trainer
 
 
+def read_calibration(run_dir: Path, checkpoint: Path) -> dict | None:
+    """The run's ``calibration.json`` selection for ``checkpoint``, or None when the run has none.
+
+    A calibration chosen for another checkpoint is an error rather than silently reused: the scores of a
+    different checkpoint need their own choice (rerun ``jobs/calibrate.py``, or export with calibration=off).
+    """
+    path = run_dir / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    import json
+
+    try:
+        record = json.loads(path.read_text())
+        chosen, calibrated = record["selected"], record["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: unreadable calibration ({err!r}); rerun jobs/calibrate.py") from None
+    if calibrated != checkpoint.name:
+        raise ConfigError(f"{path}: chosen for {calibrated}, but the export is of {checkpoint.name}; rerun "
+                          f"jobs/calibrate.py --run {run_dir} or export with --set calibration=off")
+    return chosen
+
+
 def save_backbone(encoder, directory: Path) -> None:
     """The fine-tuned backbone as a complete Hugging Face model directory (safetensors).
 
@@ -87,10 +112,23 @@ def export_run(run_dir: str | Path, out_dir: str | Path, config: ExportConfig) -
     checkpoint = find_checkpoint(run_dir, config.checkpoint)
     with tempfile.TemporaryDirectory(prefix="xmc-export-") as scratch:
         trainer = load_trained(run_dir, checkpoint, Path(scratch))
+        scoring = trainer.config.model
+        chosen = read_calibration(run_dir, checkpoint) if config.calibration == "auto" else None
+        if chosen:
+            scoring.de_weight, scoring.cold_start_offset = chosen["de_weight"], chosen["cold_start_offset"]
+            scoring.clf_untrained = chosen["clf_untrained"]
         if config.clf_untrained:
-            trainer.config.model.clf_untrained = config.clf_untrained
+            scoring.clf_untrained = config.clf_untrained
+        if config.de_weight is not None:
+            scoring.de_weight = config.de_weight
+        if config.cold_start_offset is not None:
+            scoring.cold_start_offset = config.cold_start_offset
+        try:
+            scoring.validate()
+        except ValueError as err:
+            raise ConfigError(f"export: {err}") from None
         de, clf = trainer.scoring_vectors()
-    vectors = np.ascontiguousarray(de if clf is None else np.concatenate([de, clf], axis=1), dtype=np.float32)
+    vectors = calibration.label_vectors(de, clf, trainer.untrained_labels, scoring.de_weight, scoring.cold_start_offset)
     experiment = trainer.config
     dataset = trainer.dataset
     ranges = shard_ranges(len(vectors), config.shards)
@@ -124,7 +162,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, config: ExportConfig) -
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "source": {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name, "dataset": dataset.name},
             "counts": {"labels": len(vectors), "shards": len(ranges), "dim": int(vectors.shape[1])},
-            "score": "fused: cos_DE + cos_CLF" if clf is not None else "cos_DE",
+            "score": score_formula(scoring, clf is not None),
             "query": {"max_len": experiment.dataset.max_len, "pooling": experiment.encoder.pooling,
                       "text_fields": experiment.dataset.query_text, "batch_size": experiment.encoder.batch_size,
                       "heads": to_dict(experiment.model)},
@@ -135,6 +173,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path, config: ExportConfig) -
         manifest["files"] = file_digests(tmp)
         write_json(tmp / MANIFEST, manifest)
     return out_dir
+
+
+def score_formula(heads, classifier: bool) -> str:
+    """The manifest's one-line description of what an inner product with the index computes."""
+    de = "cos_DE" if heads.de_weight == 1.0 else f"{heads.de_weight:g} * cos_DE"
+    formula = f"fused: {de} + cos_CLF" if classifier else de
+    if calibration.has_offset_column(heads.cold_start_offset):
+        formula += f" + {heads.cold_start_offset:g} * [label without training positives]"
+    return formula
 
 
 def check_bundle(out_dir: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xmc.evaluation.calibration import has_offset_column, query_vectors
 from xmc.models.config import HeadsConfig
 from xmc.models.encoder import (TextEncoder, encode_tokens, freeze_for_inference, load_tokenizer,
                                 tokenize_texts)
@@ -15,7 +16,8 @@ from xmc.models.xmc_model import XMCModel
 
 class QueryEncoder:
     """Tokenises like the training token cache (same tokenizer, truncation at ``max_len``) and embeds with the
-    trained encoder and heads: ``[q_DE ; q_CLF]`` when the model has a classifier, else ``q_DE``."""
+    trained encoder and heads: ``[q_DE ; q_CLF]`` when the model has a classifier, else ``q_DE``, and a
+    constant 1 last when the bundle's labels carry a cold-start offset column (:mod:`xmc.evaluation.calibration`)."""
 
     def __init__(self, bundle_dir: Path, settings: dict, device: str = "cpu"):
         self.max_len = int(settings["max_len"])
@@ -35,7 +37,8 @@ class QueryEncoder:
         if self.device.type == "cpu":  # Serve and jobs/evaluate.py --bundle both run this graph
             freeze_for_inference(self.model.encoder)  # (on a GPU the eager model keeps its bf16 autocast)
         self.embed = self.model.embed_both if heads.classifier else self.model.embed_de
-        self.dim = self.model.de_dim + self.model.clf_dim
+        self.cold_start_offset = heads.cold_start_offset
+        self.dim = self.model.de_dim + self.model.clf_dim + int(has_offset_column(heads.cold_start_offset))
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """``float32 [len(texts), dim]`` query vectors."""
@@ -43,5 +46,6 @@ class QueryEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         ids, lengths = tokenize_texts(self.tokenizer, texts, self.max_len)
         with torch.inference_mode():
-            return encode_tokens(self.embed, ids, lengths, batch_size=self.batch_size, device=self.device,
-                                 progress=False)
+            vectors = encode_tokens(self.embed, ids, lengths, batch_size=self.batch_size, device=self.device,
+                                    progress=False)
+        return query_vectors(vectors, self.cold_start_offset)

@@ -47,6 +47,13 @@ class HeadsConfig:
             label_text`` starts every row with), which ranks them higher. Choose by how often queries are
             about labels without training data: on wordnet (60% of test positives) ``label_text`` lifts
             fused P@1 from 21.92 to 28.97; on a 768-query cooking subset (8%) it lowers it from 69.67 to 63.33.
+            ``jobs/calibrate.py`` chooses it on a validation hold-out instead.
+        de_weight: weight of the DE cosine in the fused score ``de_weight · cos_DE + cos_CLF`` (evaluation,
+            bundles and Serve; training is unaffected).
+        cold_start_offset: added to the fused score of labels no training query is tagged with (a logit
+            adjustment for the label shift when queries are often about such labels; see
+            :mod:`xmc.evaluation.calibration`). 0 = off. ``jobs/calibrate.py`` chooses both numbers on a
+            validation hold-out.
         scale: similarity scale 1/τ applied to both heads' cosines (18 ≈ τ 0.056).
         prototypes: score labels by PRIME prototypes (text embedding + free vector + centroid through a
             one-layer transformer) instead of by their text embedding alone.
@@ -64,6 +71,8 @@ class HeadsConfig:
     clf_dim: int = 0
     clf_init: Literal["label_text", "xavier"] = "label_text"
     clf_untrained: Literal["table", "label_text"] = "table"
+    de_weight: float = 1.0
+    cold_start_offset: float = 0.0
     scale: float = 18.0
     prototypes: bool = False
     lpn_heads: int = 1
@@ -77,5 +86,7 @@ class HeadsConfig:
             raise ValueError(f"model.centroid_beta must be in [0, 1), got {self.centroid_beta}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.de_weight < 0:
+            raise ValueError(f"model.de_weight must be >= 0, got {self.de_weight}")
         if self.scale <= 0:
             raise ValueError(f"model.scale must be > 0, got {self.scale}")

@@ -38,6 +38,7 @@ from torch.profiler import record_function
 from xmc.config import resolve_path
 from xmc.data.config import split_validation
 from xmc.data.dataset import PreparedDataset
+from xmc.evaluation import calibration
 from xmc.evaluation.evaluator import evaluate_predictions
 from xmc.evaluation.predictions import save_predictions
 from xmc.evaluation.predictor import predict_topk
@@ -537,21 +538,34 @@ class Trainer:
         if self.table is not None:
             labels_clf = self.table.full_normalized().float().cpu().numpy()
             if self.config.model.clf_untrained == "label_text" and len(self.untrained_labels):
-                labels_clf[self.untrained_labels] = self._encode("labels", self.untrained_labels,
-                                                                 self.model.embed_clf)
+                labels_clf[self.untrained_labels] = self.untrained_text_vectors()
         return self.label_vectors(labels_de), labels_clf
 
+    def untrained_text_vectors(self) -> np.ndarray:
+        """Classifier-side vectors of the untrained labels' texts, in ``untrained_labels`` order: what
+        ``clf_untrained: label_text`` scores those labels by."""
+        return self._encode("labels", self.untrained_labels, self.model.embed_clf)
+
+    def query_vectors(self, split: str, rows: np.ndarray) -> np.ndarray:
+        """``[q_DE ; q_CLF]`` of ``rows`` of a split (``q_DE`` alone without a classifier)."""
+        return self._encode(split, rows, self.model.embed_both if self.table is not None else self.model.embed_de)
+
     def evaluate(self, final: bool) -> dict[str, dict[str, float]] | None:
-        """DE-only, classifier-only and fused (cos_DE + cos_CLF) metrics on ``eval.split`` (rank 0)."""
+        """DE-only, classifier-only and fused metrics on ``eval.split`` (rank 0).
+
+        The fused score is ``de_weight · cos_DE + cos_CLF`` plus ``cold_start_offset`` for labels without
+        training positives (:mod:`xmc.evaluation.calibration`; defaults: the plain sum). A model without a
+        classifier reports a fused entry only when an offset is set.
+        """
         labels_de, labels_clf = self.scoring_vectors()
         validation = self.config.eval.split == "validation"
         split, rows = ("train", self.validation_rows) if validation else \
             ("test", np.arange(self.dataset.num_points("test")))
-        embed = self.model.embed_both if self.table is not None else self.model.embed_de
-        queries = self._encode(split, rows, embed)
+        queries = self.query_vectors(split, rows)
         if self.rank != 0:
             return None
         cfg = self.config
+        heads = cfg.model
         d = self.model.de_dim
 
         def score(indices, scores):
@@ -562,11 +576,12 @@ class Trainer:
         results = {"de": score(*predict_topk(queries[:, :d], labels_de, cfg.eval, self.device))}
         if labels_clf is not None:
             results["clf"] = score(*predict_topk(queries[:, d:], labels_clf, cfg.eval, self.device))
-            fused = predict_topk(queries, np.concatenate([labels_de, labels_clf], axis=1), cfg.eval,
-                                 self.device)
+        fused = predict_topk(calibration.query_vectors(queries, heads.cold_start_offset),
+                             calibration.label_vectors(labels_de, labels_clf, self.untrained_labels,
+                                                       heads.de_weight, heads.cold_start_offset),
+                             cfg.eval, self.device)
+        if labels_clf is not None or calibration.has_offset_column(heads.cold_start_offset):
             results["fused"] = score(*fused)
-        else:
-            fused = predict_topk(queries, labels_de, cfg.eval, self.device)
         if final:
             save_predictions(self.run_dir / "predictions.npz", *fused)
         return results
@@ -732,7 +747,8 @@ class Trainer:
         if self.rank == 0:
             line = f"epoch {self.epoch}/{cfg.epochs}: loss {mean_loss:.4f} ({record['seconds']}s)"
             if evaluation:
-                line += "; test " + ", ".join(f"{k} {metrics[k]:.2f}" for k in ("P@1", "P@5", "PSP@1"))
+                shown = ", ".join(f"{k} {metrics[k]:.2f}" for k in ("P@1", "P@5", "PSP@1"))
+                line += f"; {self.config.eval.split} {shown}"
             print(line, flush=True)
         self.save_checkpoint(metrics)
 
