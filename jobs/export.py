@@ -4,9 +4,10 @@
     python jobs/export.py --run runs/wordnet --shards 2 --out bundles/wordnet-ivf --set ann.kind=ivf --set ann.ivf_nprobe=64
     python jobs/export.py --run runs/demo --out bundles/demo-e1 --set checkpoint=checkpoint_epoch001_step0000250
 
-Label vectors are the run's fused scoring vectors ([DE ; classifier], as its evaluation ranks them); each
-shard gets an exact inner-product index below ``ann.exact_below`` (50,000) labels and HNSW above it
-(``--set ann.kind=flat|ivf|hnsw`` forces one). The bundle is written to a temporary directory and renamed; its
+Label vectors are the run's fused scoring vectors ([DE ; classifier], as its evaluation ranks them), with the
+settings jobs/calibrate.py chose when the run has a calibration.json (``--set de_weight=...``,
+``cold_start_offset=...`` and ``clf_untrained=...`` override them). Each shard gets an exact inner-product index
+below ``ann.exact_below`` (50,000) labels and HNSW above it (``--set ann.kind=flat|ivf|hnsw`` forces one). The bundle is written to a temporary directory and renamed; its
 manifest records the sha256 of every file, which loading verifies.
 """
 
