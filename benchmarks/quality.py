@@ -22,9 +22,9 @@ one alone 30.6 ms); what the runs gain is overlapping their CPU phases: mining, 
 ``--calibrate F`` trains each recipe on all but a fraction F of the training points and adds a row for the
 same run scored on test with the fused-score settings chosen on those held-out points (``jobs/calibrate.py``:
 the weight of cos_DE and an offset for labels without training positives; the test split plays no part in
-the choice). ``--baselines`` picks the rows computed beside the recipes; a machine that cannot install the peers (an
-offline GPU host) leaves them out, and ``--merge`` joins the JSON of runs made on different machines into
-one table.
+the choice). ``--baselines`` picks the rows computed beside the recipes; a machine that cannot install the
+peers (an offline GPU host) leaves them out, and ``--merge`` joins the JSON of runs made on different machines
+into one table.
 """
 
 from __future__ import annotations

@@ -180,6 +180,8 @@ def test_calibrating_needs_a_hold_out_and_export_refuses_a_stale_choice(wordnet_
     (no_hold_out / checkpoint.name).symlink_to(checkpoint, target_is_directory=True)
     proc = run_job("calibrate.py", "--run", str(no_hold_out), check=False)
     assert proc.returncode == 2 and "no validation hold-out" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_job("calibrate.py", "--run", str(wordnet_run), "--set", "metric=P@7", check=False)
+    assert proc.returncode == 2 and "'P@7' is not one of" in proc.stderr and "Traceback" not in proc.stderr
 
     record = {**calibrated, "checkpoint": "checkpoint_epoch009_step0000001"}
     stale = tmp_path / "stale"

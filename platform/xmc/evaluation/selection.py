@@ -19,6 +19,7 @@ from xmc.config import ConfigError, load_config
 from xmc.evaluation import calibration
 from xmc.evaluation.config import CalibrateConfig
 from xmc.evaluation.evaluator import evaluate_predictions
+from xmc.evaluation.metrics import REPORTED_METRICS
 from xmc.experiment import ExperimentConfig
 from xmc.io import write_json
 
@@ -30,6 +31,8 @@ def calibrate_run(run_dir: str | Path, config: CalibrateConfig) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"--run: {run_dir} is not a directory")
+    if config.metric not in (*REPORTED_METRICS, "top1_cold_start"):
+        raise ConfigError(f"metric: {config.metric!r} is not one of {', '.join(REPORTED_METRICS)}")
     checkpoint = find_checkpoint(run_dir, config.checkpoint)
     if load_config(ExperimentConfig, run_dir / "config.yaml").dataset.validation_fraction <= 0:
         raise ConfigError(f"--run: {run_dir} has no validation hold-out to calibrate on; train it with "

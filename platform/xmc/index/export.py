@@ -9,6 +9,7 @@ exactly as evaluated. A run calibrated by ``jobs/calibrate.py`` is exported with
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -68,11 +69,10 @@ def read_calibration(run_dir: Path, checkpoint: Path) -> dict | None:
     path = run_dir / CALIBRATION_FILE
     if not path.is_file():
         return None
-    import json
-
     try:
         record = json.loads(path.read_text())
         chosen, calibrated = record["selected"], record["checkpoint"]
+        chosen = {key: chosen[key] for key in ("de_weight", "cold_start_offset", "clf_untrained")}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{path}: unreadable calibration ({err!r}); rerun jobs/calibrate.py") from None
     if calibrated != checkpoint.name:
