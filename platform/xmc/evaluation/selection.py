@@ -31,7 +31,7 @@ def calibrate_run(run_dir: str | Path, config: CalibrateConfig) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"--run: {run_dir} is not a directory")
-    if config.metric not in (*REPORTED_METRICS, "top1_cold_start"):
+    if config.metric not in REPORTED_METRICS:
         raise ConfigError(f"metric: {config.metric!r} is not one of {', '.join(REPORTED_METRICS)}")
     checkpoint = find_checkpoint(run_dir, config.checkpoint)
     if load_config(ExperimentConfig, run_dir / "config.yaml").dataset.validation_fraction <= 0:
