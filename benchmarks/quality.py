@@ -43,6 +43,7 @@ import scipy.sparse as sp
 
 from xmc.config import load_config
 from xmc.data.dataset import PreparedDataset
+from xmc.evaluation import calibration
 from xmc.evaluation.config import CalibrateConfig
 from xmc.evaluation.evaluator import evaluate_predictions
 from xmc.evaluation.predictor import zero_shot_predict
@@ -179,13 +180,13 @@ def run_recipe(dataset_name: str, recipe: str, overrides: list[str], fresh: bool
     rows = {recipe: {**{k: metrics[k] for k in metrics if not isinstance(metrics[k], dict)}, **train}}
     if hold_out:
         record = calibrate_run(run_dir, CalibrateConfig())
-        rows[f"{recipe} + calibration"] = {**test_metrics_with(run_dir, record), **train,
+        rows[f"{recipe} + calibration"] = {**calibrated_test_metrics(run_dir, record), **train,
                                            "calibration": record["selected"],
                                            "validation_" + record["metric"]: record["validation"][record["metric"]]}
     return rows
 
 
-def test_metrics_with(run_dir: Path, record: dict) -> dict:
+def calibrated_test_metrics(run_dir: Path, record: dict) -> dict:
     """Test metrics of the calibrated checkpoint with the settings the calibration chose (fused score)."""
     import tempfile
 
@@ -193,8 +194,7 @@ def test_metrics_with(run_dir: Path, record: dict) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="xmc-quality-") as scratch:
         trainer = load_trained(run_dir, find_checkpoint(run_dir, record["checkpoint"]), Path(scratch))
-        for key, value in record["selected"].items():
-            setattr(trainer.config.model, key, value)
+        calibration.apply(trainer.config.model, record["selected"])
         trainer.config.eval.split = "test"
         results = trainer.evaluate(final=False)
     return results.get("fused") or results["de"]

@@ -24,7 +24,7 @@ Serve all rank by the calibrated score with no change to the search code.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -37,6 +37,16 @@ class Calibration:
     de_weight: float = 1.0
     cold_start_offset: float = 0.0
     clf_untrained: str = "table"
+
+
+#: The :class:`xmc.models.config.HeadsConfig` fields a calibration sets (the keys of calibration.json's "selected").
+SETTINGS = tuple(field.name for field in fields(Calibration))
+
+
+def apply(heads, chosen: dict) -> None:
+    """Set a calibration (a mapping with every name of :data:`SETTINGS`) on a ``HeadsConfig``."""
+    for name in SETTINGS:
+        setattr(heads, name, chosen[name])
 
 
 def has_offset_column(cold_start_offset: float) -> bool:

@@ -69,7 +69,7 @@ def calibrate_run(run_dir: str | Path, config: CalibrateConfig) -> dict:
         "selected": vars(best),
         "validation": best_metrics,
         "validation_points": int(len(rows)),
-        "cold_start_labels": int(len(trainer.untrained_labels)),
+        "cold_start_labels": int(len(cold)),
         "validation_positives_on_cold_start_labels": round(cold_start_share(dataset, rows, cold), 4),
         "grid": [{**vars(point), **metrics} for point, metrics in results],
         "seconds": round(time.perf_counter() - started, 1),

@@ -72,7 +72,7 @@ def read_calibration(run_dir: Path, checkpoint: Path) -> dict | None:
     try:
         record = json.loads(path.read_text())
         chosen, calibrated = record["selected"], record["checkpoint"]
-        chosen = {key: chosen[key] for key in ("de_weight", "cold_start_offset", "clf_untrained")}
+        chosen = {key: chosen[key] for key in calibration.SETTINGS}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{path}: unreadable calibration ({err!r}); rerun jobs/calibrate.py") from None
     if calibrated != checkpoint.name:
@@ -115,8 +115,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, config: ExportConfig) -
         scoring = trainer.config.model
         chosen = read_calibration(run_dir, checkpoint) if config.calibration == "auto" else None
         if chosen:
-            scoring.de_weight, scoring.cold_start_offset = chosen["de_weight"], chosen["cold_start_offset"]
-            scoring.clf_untrained = chosen["clf_untrained"]
+            calibration.apply(scoring, chosen)
         if config.clf_untrained:
             scoring.clf_untrained = config.clf_untrained
         if config.de_weight is not None:
