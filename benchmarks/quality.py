@@ -1,7 +1,7 @@
-"""Quality side by side: every recipe against TF-IDF peers and the zero-shot encoder, in one run.
+r"""Quality side by side: every recipe against TF-IDF peers and the zero-shot encoder, in one run.
 
-    python benchmarks/quality.py                       # cooking-stackexchange and reuters-21578
-    python benchmarks/quality.py --full                # also wordnet-reverse-dictionary (GPU or a long CPU run)
+    python benchmarks/quality.py                    # cooking-stackexchange and reuters-21578
+    python benchmarks/quality.py --full             # also wordnet-reverse-dictionary (GPU or a long CPU run)
     python benchmarks/quality.py --datasets reuters-21578 --recipes prime --set train.epochs=4
     python benchmarks/quality.py --datasets wordnet-reverse-dictionary --baselines zero-shot --concurrent \
         --set train.use_gpu=true --set train.gpus_per_worker=0.3 --set train.threads_per_worker=4
@@ -11,14 +11,14 @@ For each dataset: the zero-shot encoder (``jobs/evaluate.py --encoder default``)
 napkinXC PLT on TF-IDF features (in a venv of their own, ``.bench/peers-venv``, because they need numpy<2
 and scipy<1.14; created on first use from ``benchmarks/peers/requirements.txt``), and each recipe of
 ``configs/methods/`` trained with ``jobs/train.py``'s driver. All predictions are scored by the project's
-evaluator (same filters, propensities and metrics). Prints a Markdown table and writes ``.bench/quality.json``.
-Training runs live in ``.bench/runs/quality-<dataset>-<recipe>``; a rerun reuses finished runs (``--fresh``
-retrains them).
+evaluator (same filters, propensities and metrics). Prints a Markdown table and writes
+``.bench/quality.json``. Training runs live in ``.bench/runs/quality-<dataset>-<recipe>``; a rerun reuses
+finished runs (``--fresh`` retrains them).
 
 ``--concurrent`` trains a dataset's recipes side by side, each in a process of its own that joins this
 process's Ray cluster (logs in ``.bench/logs``), with a share of a GPU per worker (``train.gpus_per_worker``).
-The GPU is time-shared, not multiplied (on an H100 three MiniLM training processes took 88 ms a step each,
-one alone 30.6 ms); what the runs gain is overlapping their CPU phases: mining, clustering, evaluation.
+The GPU is time-shared, not multiplied (docs/performance.md); what the runs gain is overlapping their CPU
+phases: mining, clustering, evaluation.
 ``--calibrate F`` trains each recipe on all but a fraction F of the training points and adds a row for the
 same run scored on test with the fused-score settings chosen on those held-out points (``jobs/calibrate.py``:
 the weight of cos_DE and an offset for labels without training positives; the test split plays no part in
@@ -43,13 +43,14 @@ import scipy.sparse as sp
 
 from xmc.config import load_config
 from xmc.data.dataset import PreparedDataset
-from xmc.evaluation import calibration
+from xmc.evaluation.calibration import calibrate_run
 from xmc.evaluation.config import CalibrateConfig
-from xmc.evaluation.evaluator import evaluate_predictions
-from xmc.evaluation.predictor import zero_shot_predict
-from xmc.evaluation.selection import calibrate_run
+from xmc.evaluation.evaluator import evaluate_model, evaluate_predictions
+from xmc.evaluation.retrieval import zero_shot_predict
 from xmc.experiment import ExperimentConfig
 from xmc.io import write_json
+from xmc.scoring import fusion
+from xmc.scoring.run import TrainedRun
 from xmc.training.driver import ensure_prepared, init_ray, resolve_run, run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,8 @@ def peers_python() -> Path:
 
 
 def score(dataset: PreparedDataset, config: ExperimentConfig, indices, scores) -> dict:
-    return evaluate_predictions(dataset, indices, scores, config.dataset.propensity_a, config.dataset.propensity_b)
+    return evaluate_predictions(dataset, indices, scores, config.dataset.propensity_a,
+                                config.dataset.propensity_b)
 
 
 def run_peers(dataset: PreparedDataset, config: ExperimentConfig, workdir: Path) -> dict[str, dict]:
@@ -166,8 +168,10 @@ def run_recipe(dataset_name: str, recipe: str, overrides: list[str], fresh: bool
     suffix = "-holdout" if hold_out else ""
     config = load_config(ExperimentConfig, [REPO / "configs" / "datasets" / f"{dataset_name}.yaml",
                                             REPO / "configs" / "methods" / f"{recipe}.yaml"],
-                         [*DATASET_SETTINGS.get(dataset_name, []), *RECIPE_SETTINGS.get((dataset_name, recipe), []),
-                          f"run.storage={BENCH / 'runs'}", f"run.name=quality-{dataset_name}-{recipe}{suffix}",
+                         [*DATASET_SETTINGS.get(dataset_name, []),
+                          *RECIPE_SETTINGS.get((dataset_name, recipe), []),
+                          f"run.storage={BENCH / 'runs'}",
+                          f"run.name=quality-{dataset_name}-{recipe}{suffix}",
                           "train.progress=false",
                           *([f"dataset.validation_fraction={hold_out}"] if hold_out else []), *overrides])
     _, run_dir = resolve_run(config)
@@ -182,21 +186,18 @@ def run_recipe(dataset_name: str, recipe: str, overrides: list[str], fresh: bool
         record = calibrate_run(run_dir, CalibrateConfig())
         rows[f"{recipe} + calibration"] = {**calibrated_test_metrics(run_dir, record), **train,
                                            "calibration": record["selected"],
-                                           "validation_" + record["metric"]: record["validation"][record["metric"]]}
+                                           "validation_" + record["metric"]:
+                                               record["validation"][record["metric"]]}
     return rows
 
 
 def calibrated_test_metrics(run_dir: Path, record: dict) -> dict:
     """Test metrics of the calibrated checkpoint with the settings the calibration chose (fused score)."""
-    import tempfile
-
-    from xmc.index.export import find_checkpoint, load_trained
-
-    with tempfile.TemporaryDirectory(prefix="xmc-quality-") as scratch:
-        trainer = load_trained(run_dir, find_checkpoint(run_dir, record["checkpoint"]), Path(scratch))
-        calibration.apply(trainer.config.model, record["selected"])
-        trainer.config.eval.split = "test"
-        results = trainer.evaluate(final=False)
+    run = TrainedRun.open(run_dir, record["checkpoint"])
+    fusion.apply(run.config.model, record["selected"])
+    scoring = run.scoring_model()
+    results, _ = evaluate_model(scoring, run.dataset, run.token_cache().arrays("test"), "test", None,
+                                run.config.eval, run.config.dataset, run.split.propensity_rows)
     return results.get("fused") or results["de"]
 
 
@@ -213,19 +214,21 @@ def table(results: dict[str, dict[str, dict]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--full", action="store_true", help="also wordnet-reverse-dictionary")
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=RECIPES)
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
                         help="rows computed beside the recipes (none: --baselines with no value)")
     parser.add_argument("--concurrent", action="store_true", help="train a dataset's recipes side by side")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for every recipe")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="override for every recipe")
     parser.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
     parser.add_argument("--calibrate", type=float, default=0.0, metavar="FRACTION",
                         help="train on all but this fraction of the training points, choose the fused-score "
-                             "settings on that hold-out (jobs/calibrate.py) and add a '<recipe> + calibration' "
-                             "row: the same run on test with them")
+                             "settings on that hold-out (jobs/calibrate.py) and add a "
+                             "'<recipe> + calibration' row: the same run on test with them")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                         help="print (and write to --out) the table of earlier results instead of running")
     parser.add_argument("--out", default=str(BENCH / "quality.json"))
@@ -256,7 +259,8 @@ def main() -> None:
             rows.update(run_peers(dataset, config, BENCH / "peers" / name))
             write_json(out, results)
         if args.concurrent and len(args.recipes) > 1:
-            rows.update(run_recipes_concurrently(name, args.recipes, args.overrides, args.fresh, args.calibrate))
+            rows.update(run_recipes_concurrently(name, args.recipes, args.overrides, args.fresh,
+                                                 args.calibrate))
             write_json(out, results)
         else:
             for recipe in args.recipes:

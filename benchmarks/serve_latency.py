@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def percentiles(seconds: list[float]) -> dict:
     ms = np.asarray(seconds) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
 def benchmark_queries(bundle, limit: int) -> list[str]:
@@ -105,12 +106,14 @@ async def http_load(url: str, queries: list[str], total: int, concurrency: int, 
             latencies.append(time.perf_counter() - t0)
 
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         started = time.perf_counter()
         await asyncio.gather(*[client(session) for _ in range(concurrency)])
         wall = time.perf_counter() - started
-    return {"concurrency": concurrency, "requests": total, "errors": len(errors), "error_examples": errors[:3],
-            **(percentiles(latencies) if latencies else {}), "requests_per_s": round(len(latencies) / wall, 1)}
+    return {"concurrency": concurrency, "requests": total, "errors": len(errors),
+            "error_examples": errors[:3], **(percentiles(latencies) if latencies else {}),
+            "requests_per_s": round(len(latencies) / wall, 1)}
 
 
 def served(bundle_dir: Path, queries: list[str], total: int, levels: list[int], k: int) -> list[dict]:
@@ -121,8 +124,9 @@ def served(bundle_dir: Path, queries: list[str], total: int, levels: list[int], 
     from serve.app import app
 
     os.environ.setdefault("RAY_SERVE_PROXY_USE_GRPC", "1")  # as scripts/env.sh runs Serve (read at Ray start)
-    env = {key: os.environ[key] for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "no_proxy", "http_proxy",
-                                            "https_proxy", "RAY_USAGE_STATS_ENABLED") if key in os.environ}
+    passed_on = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "no_proxy", "http_proxy", "https_proxy",
+                 "RAY_USAGE_STATS_ENABLED")
+    env = {key: os.environ[key] for key in passed_on if key in os.environ}
     ray.init(include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False,
              _node_ip_address="127.0.0.1")
     with socket.socket() as sock:
@@ -158,7 +162,8 @@ def index_choices(bundle, queries: list[str], k: int, nprobes: list[int], ef_sea
     """On the bundle's real label vectors and real query vectors: recall@k and single-query latency of IVF
     and HNSW shards against the exact shards (what ``ann.kind`` / ``ann.exact_below`` choose between)."""
     from xmc.index.shards import ShardIndex, merge_topk
-    from xmc.mining.ann import AnnConfig, build_index
+    from xmc.mining.ann import build_index
+    from xmc.mining.config import AnnConfig
 
     encoder = bundle.load_query_encoder()
     vectors = encoder.encode(queries)
@@ -196,12 +201,15 @@ def clustered_vectors(rng: np.random.Generator, centers: np.ndarray, count: int,
     return out
 
 
-def scale_run(num_labels: int, num_shards: int, dim: int, num_queries: int, nprobes: list[int], k: int) -> dict:
-    """Sharded IVF vs exact search on synthetic clustered vectors (one shard in memory at a time while building)."""
+def scale_run(num_labels: int, num_shards: int, dim: int, num_queries: int, nprobes: list[int],
+              k: int) -> dict:
+    """Sharded IVF vs exact search on synthetic clustered vectors (one shard in memory at a time while
+    building)."""
     import faiss
 
     from xmc.index.shards import ShardIndex, merge_topk, shard_ranges
-    from xmc.mining.ann import AnnConfig, build_index
+    from xmc.mining.ann import build_index
+    from xmc.mining.config import AnnConfig
 
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((max(num_labels // 100, 1), dim), dtype=np.float32)
@@ -233,8 +241,10 @@ def scale_run(num_labels: int, num_shards: int, dim: int, num_queries: int, npro
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", help="bundle of jobs/export.py (e.g. wordnet-reverse-dictionary, 2 shards)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle",
+                        help="bundle of jobs/export.py (e.g. wordnet-reverse-dictionary, 2 shards)")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--k", type=int, default=10)
@@ -247,7 +257,8 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
     parser.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--index-choices", action="store_true",
-                        help="also compare exact, IVF and HNSW shards on the bundle's real vectors (recall, latency)")
+                        help="also compare exact, IVF and HNSW shards on the bundle's real vectors "
+                             "(recall, latency)")
     parser.add_argument("--skip-serve", action="store_true", help="no Serve load test (with --index-choices)")
     args = parser.parse_args()
     report: dict = {"cpus": os.cpu_count()}
@@ -258,10 +269,12 @@ def main() -> None:
 
         bundle = Bundle(Path(args.bundle))
         queries = benchmark_queries(bundle, args.requests)
-        report["bundle"] = {"version": bundle.version, "labels": bundle.num_labels, "shards": bundle.num_shards,
+        report["bundle"] = {"version": bundle.version, "labels": bundle.num_labels,
+                            "shards": bundle.num_shards,
                             "indexes": [s["index"] for s in bundle.manifest["shards"]]}
         if args.index_choices:
-            report["index_choices"] = index_choices(bundle, queries[:1000], args.k, args.nprobe[:4], args.ef_search)
+            report["index_choices"] = index_choices(bundle, queries[:1000], args.k, args.nprobe[:4],
+                                                    args.ef_search)
         if not args.skip_serve:
             report["in_process"] = in_process(bundle, queries[:500], args.k)
             report["served"] = served(bundle.directory, queries, args.requests, args.concurrency, args.k)
@@ -270,7 +283,8 @@ def main() -> None:
             for level in report["served"]:
                 if "p50_ms" in level:
                     level["p50_ratio"] = round(level["p50_ms"] / report["in_process"]["p50_ms"], 2)
-        print(json.dumps(report, indent=1), file=sys.stderr, flush=True)  # partial result before the long part
+        # the partial result, printed before the long scale part
+        print(json.dumps(report, indent=1), file=sys.stderr, flush=True)
     if not args.skip_scale:
         report["scale"] = scale_run(args.scale_labels, args.scale_shards, args.scale_dim, args.scale_queries,
                                     args.nprobe, args.k)

@@ -1,7 +1,8 @@
-"""Write a one-layer, 32-wide BERT with the default encoder's tokenizer, for measuring the framework.
+r"""Write a one-layer, 32-wide BERT with the default encoder's tokenizer, for measuring the framework.
 
     python benchmarks/tiny_encoder.py OUT_DIR
-    python benchmarks/train_throughput.py --config configs/wordnet.yaml --set encoder.model=OUT_DIR --profile 4
+    python benchmarks/train_throughput.py --config configs/wordnet.yaml --set encoder.model=OUT_DIR \
+        --profile 4
 
 With the encoder's own compute nearly gone, what a training step still costs is the project's and the
 libraries' overhead (pool building, collectives, optimizers, kernel launches, per-shape planning), which the
@@ -13,15 +14,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from xmc.data.tokens import load_tokenizer
 from xmc.models.config import DEFAULT_MODEL
-from xmc.models.encoder import load_tokenizer, resolve_model_dir
+from xmc.models.encoder import resolve_model_dir
 
 
 def write_tiny_encoder(out: Path, source: Path) -> Path:
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(str(source))
-    config.update({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
+    config.update({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                   "intermediate_size": 64})
     out.mkdir(parents=True, exist_ok=True)
     AutoModel.from_config(config).save_pretrained(str(out))
     load_tokenizer(source).save_pretrained(str(out))
@@ -29,9 +32,11 @@ def write_tiny_encoder(out: Path, source: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--like", default=DEFAULT_MODEL, help="model directory whose tokenizer and kind to use")
+    parser.add_argument("--like", default=DEFAULT_MODEL,
+                        help="model directory whose tokenizer and kind to use")
     args = parser.parse_args()
     print(write_tiny_encoder(args.out, resolve_model_dir(args.like)))
 

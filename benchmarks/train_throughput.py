@@ -34,7 +34,7 @@ import torch
 
 from xmc.config import load_config
 from xmc.experiment import ExperimentConfig
-from xmc.models.encoder import TextEncoder
+from xmc.models.encoder import TextEncoder, autocast
 from xmc.training.driver import ensure_prepared, resolve_run
 from xmc.training.trainer import Trainer
 
@@ -47,27 +47,28 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def encoder_reference(trainer: Trainer, batches: list[np.ndarray], label_pools: list[np.ndarray] | None) -> float:
+def encoder_reference(trainer: Trainer, batches: list[np.ndarray],
+                      label_pools: list[np.ndarray] | None) -> float:
     """Seconds for a plain encoder forward + backward + AdamW on each query batch (and its pool's labels)."""
-    encoder = TextEncoder(trainer.model.encoder.model_dir, trainer.config.encoder.pooling,
-                          trainer.config.encoder.group_by_length).to(trainer.device).train()
+    device, dtype, cache = trainer.scoring.device, trainer.scoring.dtype, trainer.data.cache
+    encoder = TextEncoder(trainer.scoring.model.encoder.model_dir, trainer.config.encoder.pooling,
+                          trainer.config.encoder.group_by_length).to(device).train()
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-5)
-    dtype = trainer.autocast_dtype
     elapsed = 0.0
     for i, batch in enumerate(batches):
-        ids, mask = trainer.cache.batch("train", batch)
-        ids, mask = ids.to(trainer.device), mask.to(trainer.device)
-        sync(trainer.device)
+        ids, mask = cache.batch("train", batch)
+        ids, mask = ids.to(device), mask.to(device)
+        sync(device)
         started = time.perf_counter()
-        with torch.autocast(trainer.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, dtype):
             loss = encoder(ids, mask).float().pow(2).mean()
             if label_pools is not None:
-                label_ids, label_mask = trainer.cache.batch("labels", label_pools[i])
-                loss = loss + encoder(label_ids.to(trainer.device), label_mask.to(trainer.device)).float().pow(2).mean()
+                label_ids, label_mask = cache.batch("labels", label_pools[i])
+                loss = loss + encoder(label_ids.to(device), label_mask.to(device)).float().pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sync(trainer.device)
+        sync(device)
         if i > 0:  # the first step warms up allocators and kernels
             elapsed += time.perf_counter() - started
     return elapsed
@@ -78,10 +79,10 @@ def full_steps(trainer: Trainer, batches: list[np.ndarray]) -> float:
     elapsed = 0.0
     for i, batch in enumerate(batches):
         trainer.step_in_epoch = i
-        sync(trainer.device)
+        sync(trainer.scoring.device)
         started = time.perf_counter()
         trainer.train_step(batch)
-        sync(trainer.device)
+        sync(trainer.scoring.device)
         if i > 0:
             elapsed += time.perf_counter() - started
     return elapsed
@@ -91,7 +92,7 @@ def profile_steps(trainer: Trainer, batches: list[np.ndarray], top: int = 12) ->
     """Per-step milliseconds of the trainer's phases and of the costliest operators (host and device)."""
     from torch.profiler import ProfilerActivity, profile
 
-    cuda = trainer.device.type == "cuda"
+    cuda = trainer.scoring.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     full_steps(trainer, batches[:1])  # warm
     with profile(activities=activities) as prof:
@@ -106,7 +107,8 @@ def profile_steps(trainer: Trainer, batches: list[np.ndarray], top: int = 12) ->
 
     def row(event) -> dict:
         return {"op": event.key, "calls_per_step": event.count / n,
-                "cpu_total_ms": event.cpu_time_total / 1e3 / n, "self_cpu_ms": event.self_cpu_time_total / 1e3 / n,
+                "cpu_total_ms": event.cpu_time_total / 1e3 / n,
+                "self_cpu_ms": event.self_cpu_time_total / 1e3 / n,
                 "self_device_ms": device_us(event, "self_cuda_time_total") / 1e3 / n}
 
     phases: dict[str, float] = {}
@@ -133,8 +135,8 @@ def measure(config: ExperimentConfig, steps: int, profile: int = 0) -> dict:
     ensure_prepared(config)
     trainer = Trainer(config, run_dir / "unused")
     trainer.epoch = config.mining.start_epoch  # steady state: clustered batches, hard negatives on
-    trainer.refresh_mining()
-    trainer.plan = trainer.plan_epoch()
+    trainer.planner.refresh(trainer.epoch)
+    trainer.plan = trainer.planner.plan(trainer.epoch)
     everything = [trainer.plan.batch(i) for i in range(min(steps + 1 + profile, len(trainer.plan)))]
     batches, profiled = everything[: steps + 1], everything[steps + 1:]
     examples = sum(len(b) for b in batches[1:])
@@ -149,10 +151,11 @@ def measure(config: ExperimentConfig, steps: int, profile: int = 0) -> dict:
         full_s += full_steps(trainer, [batches[i] for i in part])
         ref_s += encoder_reference(trainer, [batches[i] for i in part], [pools[i] for i in part])
         query_ref_s += encoder_reference(trainer, [batches[i] for i in part], None)
-    tokens = sum(int(trainer.cache.arrays("train")[1][b].sum()) for b in batches[1:])
-    label_tokens = sum(int(trainer.cache.arrays("labels")[1][p].sum()) for p in pools[1:])
+    cache, device = trainer.data.cache, trainer.scoring.device
+    tokens = sum(int(cache.arrays("train")[1][b].sum()) for b in batches[1:])
+    label_tokens = sum(int(cache.arrays("labels")[1][p].sum()) for p in pools[1:])
     result = {
-        "device": str(trainer.device), "precision": str(trainer.autocast_dtype or torch.float32),
+        "device": str(device), "precision": str(trainer.scoring.dtype or torch.float32),
         "threads": torch.get_num_threads(), "steps": len(batches) - 1, "examples": examples,
         "mean_batch": examples / (len(batches) - 1), "query_tokens_per_example": tokens / examples,
         "mean_pool": float(np.mean([len(p) for p in pools[1:]])),
@@ -162,10 +165,10 @@ def measure(config: ExperimentConfig, steps: int, profile: int = 0) -> dict:
         "encoder_queries_only_examples_per_s": examples / query_ref_s,
         "ratio": ref_s / full_s,
         "ratio_vs_query_encoder": query_ref_s / full_s,
-        "peak_memory_mb": peak_memory_mb(trainer.device),
+        "peak_memory_mb": peak_memory_mb(device),
     }
-    if trainer.device.type == "cuda":
-        params = sum(p.numel() for p in trainer.model.encoder.parameters())
+    if device.type == "cuda":
+        params = sum(p.numel() for p in trainer.scoring.model.encoder.parameters())
         # 6 · parameters · tokens for forward + backward of queries and pool labels (attention not counted)
         result["mfu"] = 6 * params * (tokens + label_tokens) / full_s / H100_BF16_DENSE_FLOPS
     if profiled:
@@ -174,7 +177,8 @@ def measure(config: ExperimentConfig, steps: int, profile: int = 0) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--precision", choices=["fp32", "bf16"], action="append",
@@ -184,7 +188,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     gpu = torch.cuda.is_available()
-    base = ["train.num_workers=0", "train.progress=false", f"train.use_gpu={str(gpu).lower()}", *args.overrides]
+    base = ["train.num_workers=0", "train.progress=false", f"train.use_gpu={str(gpu).lower()}",
+            *args.overrides]
     report = {"benchmark": "train_throughput", "config": args.config}
     precisions = args.precision or ["fp32", "bf16"]
     for precision in precisions:

@@ -20,8 +20,10 @@ from xmc.config import resolve_path
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run directory of jobs/train.py with a validation hold-out")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True,
+                        help="run directory of jobs/train.py with a validation hold-out")
     add_config_arguments(parser)
     args = parser.parse_args()
 
@@ -29,7 +31,7 @@ def main() -> int:
 
     config = config_from_args(CalibrateConfig, args)
 
-    from xmc.evaluation.selection import calibrate_run
+    from xmc.evaluation.calibration import calibrate_run
 
     record = calibrate_run(resolve_path(args.run), config)
     shown = ("P@1", "P@5", "nDCG@5", "PSP@1", "PSP@5", "top1_cold_start")
@@ -38,10 +40,12 @@ def main() -> int:
     for row in record["grid"]:
         print(f"| {row['clf_untrained']} | {row['de_weight']:g} | {row['cold_start_offset']:g} | "
               + " | ".join(f"{row[key]:.2f}" for key in shown) + " |")
-    print(f"validation: {record['validation_points']} points, {record['cold_start_labels']} cold-start labels, "
+    print(f"validation: {record['validation_points']} points, "
+          f"{record['cold_start_labels']} cold-start labels, "
           f"{100 * record['validation_positives_on_cold_start_labels']:.1f}% of positives on them")
     print(f"selected by validation {record['metric']}: {json.dumps(record['selected'])} "
-          f"({record['validation'][record['metric']]:.2f}); wrote {resolve_path(args.run) / 'calibration.json'}")
+          f"({record['validation'][record['metric']]:.2f}); "
+          f"wrote {resolve_path(args.run) / 'calibration.json'}")
     return 0
 
 

@@ -5,7 +5,7 @@
     # zero-shot: encode labels and test queries with a pre-trained encoder, exact inner-product search
     python jobs/evaluate.py --data data/cooking-stackexchange --encoder default --out runs/zero-shot \\
         --config configs/datasets/cooking-stackexchange.yaml
-    # an exported bundle: raw test texts through its query tower, its shards and the top-k merge (as served)
+    # an exported bundle: raw test texts through its Predictor (query tower, shards, top-k merge: as served)
     python jobs/evaluate.py --data data/cooking-stackexchange --bundle bundles/demo --out runs/demo-bundle
 
 PRED.npz holds ``indices`` (int64, n_test × k, −1 = none) and ``scores`` (float32, same shape). Propensity
@@ -16,27 +16,27 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from xmc.cli import add_config_arguments, config_from_args, run_cli
 from xmc.config import ConfigError, resolve_path
 from xmc.data.dataset import PreparedDataset
 from xmc.evaluation.evaluator import evaluate_predictions
 from xmc.evaluation.predictions import load_predictions, save_predictions
-from xmc.evaluation.predictor import zero_shot_predict
+from xmc.evaluation.retrieval import zero_shot_predict
 from xmc.experiment import ExperimentConfig
 from xmc.io import write_json
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="prepared dataset directory (default: dataset.prepared of --config)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--predictions", help="PRED.npz to score")
     source.add_argument("--encoder", help="zero-shot: 'default' or a Hugging Face model directory")
     source.add_argument("--bundle", help="a bundle of jobs/export.py: the served model, evaluated offline")
-    parser.add_argument("--out", help="metrics.json path (with --predictions) or output directory (with --encoder "
-                                      "or --bundle)")
+    parser.add_argument("--out", help="metrics.json path (with --predictions) or output directory "
+                                      "(with --encoder or --bundle)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(parser)
     args = parser.parse_args()
@@ -54,12 +54,11 @@ def main() -> int:
         if not args.out:
             raise ConfigError("--encoder and --bundle need --out DIR for PRED.npz and metrics.json")
         if args.bundle:
-            from xmc.index.bundle import Bundle
-            from xmc.index.predict import bundle_topk
+            from xmc.index.predictor import Predictor
 
-            bundle = Bundle(resolve_path(args.bundle))
-            texts = dataset.texts("test", bundle.manifest["query"]["text_fields"])
-            indices, scores = bundle_topk(bundle, texts, config.eval.top_k)
+            predictor = Predictor.from_bundle(resolve_path(args.bundle), labels=False)
+            texts = dataset.texts("test", predictor.bundle.manifest["query"]["text_fields"])
+            indices, scores = predictor.topk(texts, config.eval.top_k)
         else:
             config.encoder.model = args.encoder
             indices, scores = zero_shot_predict(dataset, config.dataset, config.encoder, config.eval,

@@ -1,14 +1,18 @@
-"""Export a trained run as a serving bundle: encoder + heads, sharded faiss label index, label texts, manifest.
+"""Export a trained run as a serving bundle: encoder + heads, sharded faiss label index,
+label texts, manifest.
 
     python jobs/export.py --run runs/demo --shards 2 --out bundles/demo
-    python jobs/export.py --run runs/wordnet --shards 2 --out bundles/wordnet-ivf --set ann.kind=ivf --set ann.ivf_nprobe=64
-    python jobs/export.py --run runs/demo --out bundles/demo-e1 --set checkpoint=checkpoint_epoch001_step0000250
+    python jobs/export.py --run runs/wordnet --shards 2 --out bundles/wordnet-ivf \\
+        --set ann.kind=ivf --set ann.ivf_nprobe=64
+    python jobs/export.py --run runs/demo --out bundles/demo-e1 \\
+        --set checkpoint=checkpoint_epoch001_step0000250
 
 Label vectors are the run's fused scoring vectors ([DE ; classifier], as its evaluation ranks them), with the
 settings jobs/calibrate.py chose when the run has a calibration.json (``--set de_weight=...``,
-``cold_start_offset=...`` and ``clf_untrained=...`` override them). Each shard gets an exact inner-product index
-below ``ann.exact_below`` (50,000) labels and HNSW above it (``--set ann.kind=flat|ivf|hnsw`` forces one). The bundle is written to a temporary directory and renamed; its
-manifest records the sha256 of every file, which loading verifies.
+``cold_start_offset=...`` and ``clf_untrained=...`` override them). Each shard gets an exact inner-product
+index below ``ann.exact_below`` (50,000) labels and HNSW above it (``--set ann.kind=flat|ivf|hnsw`` forces
+one). The bundle is written to a temporary directory and renamed; its manifest records the sha256 of every
+file, which loading verifies.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from xmc.config import resolve_path
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run directory of jobs/train.py (config.yaml + checkpoints)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True,
+                        help="run directory of jobs/train.py (config.yaml + checkpoints)")
     parser.add_argument("--out", required=True, help="bundle directory to write (replaced if it exists)")
     parser.add_argument("--shards", type=int, help="label index shards (default 1; same as --set shards=N)")
     add_config_arguments(parser)

@@ -19,7 +19,8 @@ from xmc.experiment import ExperimentConfig
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", help="raw dataset directory (default: dataset.source of --config)")
     parser.add_argument("--out", help="prepared dataset directory (default: dataset.prepared of --config)")
     parser.add_argument("--no-tokens", action="store_true", help="skip building the token cache")
@@ -30,26 +31,31 @@ def main() -> int:
     source = args.source or config.dataset.source
     out = args.out or config.dataset.prepared
     if not source or not out:
-        raise ConfigError("give --source and --out (or a --config whose dataset section sets source and prepared)")
+        raise ConfigError("give --source and --out "
+                          "(or a --config whose dataset section sets source and prepared)")
 
     started = time.perf_counter()
-    manifest, changed = prepare_dataset(resolve_path(source), resolve_path(out), config.dataset.allow_empty_text)
+    manifest, changed = prepare_dataset(resolve_path(source), resolve_path(out),
+                                        config.dataset.allow_empty_text)
     status = "prepared" if changed else "up to date (no-op)"
     print(f"{status}: {resolve_path(out)} in {time.perf_counter() - started:.1f}s")
     print(json.dumps(manifest["counts"]))
     for split, stats in manifest["splits"].items():
         if stats["duplicate_labels_merged"]:
-            print(f"note: {split}: a label listed twice was merged on {stats['duplicate_labels_merged']} row(s), "
+            print(f"note: {split}: a label listed twice was merged on "
+                  f"{stats['duplicate_labels_merged']} row(s), "
                   f"source lines {stats['duplicate_labels_merged_at_lines'][:10]}")
         if stats["empty_titles"]:
-            print(f"note: {split}: {stats['empty_titles']} row(s) have an empty title (dataset.allow_empty_text)")
+            print(f"note: {split}: {stats['empty_titles']} row(s) have an empty title "
+                  "(dataset.allow_empty_text)")
     if not args.no_tokens:
         from xmc.data.dataset import PreparedDataset
         from xmc.models.encoder import resolve_model_dir  # imports torch: only when tokenising
 
         dataset = PreparedDataset(resolve_path(out))
         cache = dataset.token_cache(resolve_model_dir(config.encoder.model), config.dataset.max_len,
-                                    config.dataset.query_text, config.dataset.label_text, progress=not args.quiet)
+                                    config.dataset.query_text, config.dataset.label_text,
+                                    progress=not args.quiet)
         print(f"token cache: {cache.directory}")
     return 0
 

@@ -3,7 +3,8 @@
     python jobs/train.py --config configs/demo.yaml [--set train.epochs=2 --set train.num_workers=2 ...]
     python jobs/train.py --config configs/datasets/reuters-21578.yaml --config configs/methods/prime.yaml
     ray job submit --address http://127.0.0.1:8265 --working-dir . \\
-        --runtime-env-json "{\\"env_vars\\": {\\"XMC_WORKDIR\\": \\"$PWD\\"}}" -- python jobs/train.py --config ...
+        --runtime-env-json "{\\"env_vars\\": {\\"XMC_WORKDIR\\": \\"$PWD\\"}}" \\
+        -- python jobs/train.py --config ...
 
 The run directory is ``run.storage/run.name`` (name defaults to the config files' stems). Rerunning the same
 command after a kill resumes from the run's last checkpoint. The run directory holds the resolved
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
+
 from xmc.cli import add_config_arguments, config_from_args, config_name, run_cli
 from xmc.experiment import ExperimentConfig
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, required=True)
     args = parser.parse_args()
     config = config_from_args(ExperimentConfig, args)

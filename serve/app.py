@@ -1,4 +1,5 @@
-"""Ray Serve application: an HTTP ingress that encodes queries, N label-index shard deployments, a top-k merge.
+"""Ray Serve application: an HTTP ingress that encodes queries, N label-index shard deployments,
+a top-k merge.
 
     serve run serve.app:app bundle=bundles/demo shards=2          # local Ray, HTTP on 127.0.0.1:8000
     serve deploy serve/config.yaml                                # the same app on a running cluster
@@ -11,16 +12,14 @@ API::
     GET  /v1/info     -> bundle version, counts, shards, source run
 
 Hot swap: the bundle path travels in each deployment's ``user_config``, so deploying the same app with another
-``bundle=`` only reconfigures the running replicas (Serve's lightweight update) instead of replacing them. Each
-request is pinned to the bundle version that encoded it: shards keep the previous version loaded while newer
-requests arrive, and load a version they do not hold yet on demand, so a request never mixes an encoder of one
-version with label vectors of another, and none is dropped during the swap.
+``bundle=`` only reconfigures the running replicas (Serve's lightweight update) instead of replacing them.
+Each request is pinned to the bundle version that encoded it: shards keep the previous version loaded while
+newer requests arrive, and load a version they do not hold yet on demand, so a request never mixes an encoder
+of one version with label vectors of another, and none is dropped during the swap.
 """
 
 import asyncio
 import collections
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -32,6 +31,7 @@ from ray.serve.handle import DeploymentHandle
 
 from xmc.config import resolve_path
 from xmc.index.bundle import Bundle
+from xmc.index.predictor import Predictor
 from xmc.index.shards import merge_topk
 
 MAX_TEXTS = 64          # texts per request
@@ -42,7 +42,7 @@ BATCH_WAIT_S = 0.0      # no wait for company: requests held back during a forwa
 VERSIONS_KEPT = 2       # bundle versions a shard replica keeps loaded (the current one and the one before)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # request validation
 
 
@@ -95,75 +95,67 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return JSONResponse(status_code=status, content={"error": "; ".join(_describe(e) for e in errors)})
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # deployments
 
 
-@dataclass
-class _LoadedBundle:
-    """What the ingress holds for one bundle version."""
-
-    path: str
-    version: str
-    info: dict
-    encoder: Any
-    uids: list
-    labels: list[str]
+def _load_ingress_predictor(path: str) -> Predictor:
+    """The ingress's part of a bundle: query tower and label texts, no shard (those are the shards' part)."""
+    return Predictor.from_bundle(path, shards=[])
 
 
-def _load_ingress_bundle(path: str) -> _LoadedBundle:
-    bundle = Bundle(path)
-    uids, labels = bundle.load_labels()
+def _bundle_info(predictor: Predictor) -> dict:
+    bundle = predictor.bundle
     manifest = bundle.manifest
-    info = {"version": bundle.version, "labels": bundle.num_labels, "shards": bundle.num_shards,
+    return {"version": bundle.version, "labels": bundle.num_labels, "shards": bundle.num_shards,
             "dim": manifest["counts"]["dim"], "score": manifest["score"], "created": manifest["created"],
             "source": manifest["source"], "indexes": [s["index"] for s in manifest["shards"]]}
-    return _LoadedBundle(path, bundle.version, info, bundle.load_query_encoder(), uids, labels)
 
 
-# A shard gets at most two calls at a time from each ingress replica (one per batch in flight); Serve's default
-# limit of 5 would make the routers of several ingress replicas back off.
+# A shard gets at most two calls at a time from each ingress replica (one per batch in flight); Serve's
+# default limit of 5 would make the routers of several ingress replicas back off.
 @serve.deployment(max_ongoing_requests=32)
 class IndexShard:
     """One shard of the label index (faiss), searched with batched query vectors."""
 
     def __init__(self, shard: int):
         self.shard = shard
-        self.loaded: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self.loaded: collections.OrderedDict[str, Predictor] = collections.OrderedDict()
         self.lock = asyncio.Lock()
 
     async def reconfigure(self, config: dict) -> None:
-        bundle = Bundle(config["bundle"])
-        await self._index(bundle.version, config["bundle"])
+        await self._predictor(Bundle(config["bundle"]).version, config["bundle"])
 
-    async def _index(self, version: str, path: str):
-        """The shard of ``version``, loading it from ``path`` when this replica does not hold it."""
+    async def _predictor(self, version: str, path: str) -> Predictor:
+        """This shard of bundle ``version``, loaded from ``path`` when this replica does not hold it yet."""
         if version in self.loaded:
             self.loaded.move_to_end(version)
             return self.loaded[version]
         async with self.lock:
             if version not in self.loaded:
-                bundle = Bundle(path)
-                if bundle.version != version:
-                    raise RuntimeError(f"{path} now holds bundle version {bundle.version}, not {version}")
-                self.loaded[version] = await asyncio.to_thread(bundle.load_shard, self.shard)
+                predictor = await asyncio.to_thread(Predictor.from_bundle, path, shards=[self.shard],
+                                                    encoder=False, labels=False)
+                if predictor.version != version:
+                    raise RuntimeError(f"{path} now holds bundle version {predictor.version}, not {version}")
+                self.loaded[version] = predictor
                 while len(self.loaded) > VERSIONS_KEPT:
                     self.loaded.popitem(last=False)
             return self.loaded[version]
 
-    async def search(self, vectors: np.ndarray, k: int, version: str, path: str) -> tuple[np.ndarray, np.ndarray]:
+    async def search(self, vectors: np.ndarray, k: int, version: str,
+                     path: str) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, global label ids)`` of the top-``k`` labels of this shard for each row of ``vectors``.
 
         Not batched here: the ingress already sends one call per batch of requests. The search runs on the
-        replica's event loop: a batch takes a few milliseconds, and a hop to a worker thread would cost about as
-        much as a single query's search.
+        replica's event loop: a batch's search is short, and a hop to a worker thread would cost about as much
+        as a single query's search.
         """
-        index = await self._index(version, path)
-        return index.search(vectors, k)
+        predictor = await self._predictor(version, path)
+        return predictor.search(vectors, k)
 
 
-# Serve's default of 5 requests in flight per replica starves batching: at 16 concurrent clients the proxy
-# keeps retrying the full replica with backoff (p50 ~1 s on 2 cores). Batches need many requests admitted.
+# Serve's default of 5 requests in flight per replica starves batching: under concurrent load the proxy keeps
+# retrying the full replica with backoff. Batches need many requests admitted.
 @serve.deployment(max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
@@ -171,23 +163,24 @@ class Ingress:
 
     def __init__(self, shards: list[DeploymentHandle]):
         # Shard calls go over Serve's gRPC transport between replicas instead of Ray actor calls (the replica
-        # always runs that server): on 2 cores the two parallel shard calls of a query take 6.8 ms instead of
-        # 9.3 ms, for a search of under 1 ms each. Arguments and results are pickled either way.
+        # always runs that server): the calls cost less than through the actor path, which dominated a
+        # query's search time (docs/performance.md). Arguments and results are pickled either way.
         self.shards = [shard.options(_by_reference=False) for shard in shards]
-        self.current: _LoadedBundle | None = None
+        self.current: Predictor | None = None
         self.encoder_idle = asyncio.Event()
         self.encoder_idle.set()
 
     async def reconfigure(self, config: dict) -> None:
-        loaded = await asyncio.to_thread(_load_ingress_bundle, config["bundle"])
-        if loaded.info["shards"] != len(self.shards):
-            raise ValueError(f"bundle {config['bundle']} has {loaded.info['shards']} shards but this app was "
-                             f"deployed with {len(self.shards)}; redeploy with shards={loaded.info['shards']}")
+        loaded = await asyncio.to_thread(_load_ingress_predictor, config["bundle"])
+        shards = loaded.bundle.num_shards
+        if shards != len(self.shards):
+            raise ValueError(f"bundle {config['bundle']} has {shards} shards but this app was deployed with "
+                             f"{len(self.shards)}; redeploy with shards={shards}")
         self.current = loaded  # requests already encoded keep the version they started with
 
     @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S, max_concurrent_batches=2)
-    async def _answer(self, requests: list[tuple[list[str], int]]) -> list[tuple[np.ndarray, np.ndarray,
-                                                                                  _LoadedBundle]]:
+    async def _answer(self, requests: list[tuple[list[str], int]]
+                      ) -> list[tuple[np.ndarray, np.ndarray, Predictor]]:
         """Top-k ``(scores, ids)`` of each request's texts, for several concurrent requests at once.
 
         One forward pass encodes every text of the batch, and each shard is called once with all the vectors:
@@ -198,11 +191,12 @@ class Ingress:
         self.encoder_idle.clear()
         try:
             flat = [text for texts, _ in requests for text in texts]
-            vectors = await asyncio.to_thread(loaded.encoder.encode, flat)
+            vectors = await asyncio.to_thread(loaded.encode, flat)
         finally:
             self.encoder_idle.set()
         k = max(k for _, k in requests)  # a shard's top-k_i is a prefix of its top-k: one search serves all
-        parts = await asyncio.gather(*[shard.search.remote(vectors, k, loaded.version, loaded.path)
+        path = str(loaded.bundle.directory)
+        parts = await asyncio.gather(*[shard.search.remote(vectors, k, loaded.version, path)
                                        for shard in self.shards])
         scores, ids = merge_topk(list(parts), k)
         out, start = [], 0
@@ -220,9 +214,8 @@ class Ingress:
         # encoder is free, so batches grow with the load. A lone request passes straight through.
         await self.encoder_idle.wait()
         scores, ids, loaded = await self._answer((body.all_texts(), body.k))
-        results = [[{"id": label, "uid": loaded.uids[label], "label": loaded.labels[label], "score": score}
-                    for label, score in zip(row_ids, row_scores) if label >= 0]
-                   for row_ids, row_scores in zip(ids.tolist(), scores.tolist())]
+        results = [[{"id": hit.id, "uid": hit.uid, "label": hit.label, "score": hit.score} for hit in row]
+                   for row in loaded.describe(ids, scores)]
         return JSONResponse({"results": results, "version": loaded.version})
 
     @api.get("/healthz")
@@ -231,10 +224,10 @@ class Ingress:
 
     @api.get("/v1/info")
     async def info(self) -> dict:
-        return self.current.info
+        return _bundle_info(self.current)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # application builder (serve run serve.app:app bundle=DIR shards=N; serve deploy serve/config.yaml)
 
 
@@ -254,11 +247,13 @@ class AppArgs(BaseModel):
 def app(args: dict) -> serve.Application:
     """Build the application for a bundle; ``shards`` (if given) must match the bundle's shard count."""
     settings = AppArgs(**args)
-    path = str(resolve_path(settings.bundle))  # relative: against $XMC_WORKDIR (set it on a cluster), else cwd
+    # relative: against $XMC_WORKDIR (set it on a cluster), else cwd
+    path = str(resolve_path(settings.bundle))
     bundle = Bundle(path)
     if settings.shards is not None and settings.shards != bundle.num_shards:
         raise ValueError(f"shards={settings.shards} but bundle {path} was exported with {bundle.num_shards} "
-                         f"shards; pass shards={bundle.num_shards} or re-export with --shards {settings.shards}")
+                         f"shards; pass shards={bundle.num_shards} "
+                         f"or re-export with --shards {settings.shards}")
     user_config = {"bundle": path}
     shards = [IndexShard.options(name=f"IndexShard{number}", num_replicas=settings.shard_replicas,
                                  user_config=user_config,

@@ -7,7 +7,6 @@ keep the slow parts (encoding, training) short.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import subprocess
 import sys
@@ -37,11 +36,23 @@ os.environ.update(LOOPBACK_ENV)
 os.environ.setdefault("RAY_SERVE_PROXY_USE_GRPC", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """GPU tests run where a CUDA GPU is; elsewhere they are reported as skipped, not silently dropped."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def shared_set(name: str) -> Path:
     path = SHARED_DATA / name
     if not (path / "lbl.json.gz").is_file():
-        pytest.fail(f"real data set {name} not found at {path}; tests need ../shared/data beside the repository "
-                    "(or XMC_SHARED_DATA)")
+        pytest.fail(f"real data set {name} not found at {path}; "
+                    "tests need ../shared/data beside the repository (or XMC_SHARED_DATA)")
     return path
 
 
@@ -69,7 +80,8 @@ def run_job(script: str, *args: str, check: bool = True, timeout: float = 900) -
     proc = subprocess.run([sys.executable, str(REPO / "jobs" / script), *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **LOOPBACK_ENV})
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n"
+                             f"{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -86,6 +98,17 @@ def cooking_prepared(tmp_path_factory, cooking_source) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "cooking-stackexchange"
     prepare_dataset(cooking_source, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_cooking(tmp_path_factory, cooking_source) -> Path:
+    """The first 256 training and 50 test points of cooking-stackexchange with all 736 labels, prepared:
+    enough for a few real training steps in the unit tier."""
+    from xmc.data.prepare import prepare_dataset
+
+    root = tmp_path_factory.mktemp("small-cooking")
+    prepare_dataset(write_lf_subset(cooking_source, root / "source", 256, 50), root / "prepared")
+    return root / "prepared"
 
 
 def start_ray() -> None:

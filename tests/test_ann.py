@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from xmc.data.dataset import PreparedDataset
-from xmc.mining.ann import AnnConfig, TorchFlatIndex, build_index, search
-from xmc.models.encoder import TextEncoder, encode_tokens, load_tokenizer, normalized, resolve_model_dir, tokenize_texts
+from xmc.data.tokens import load_tokenizer, tokenize_texts
+from xmc.mining.ann import TorchFlatIndex, build_index, search
+from xmc.mining.config import AnnConfig
+from xmc.models.encoder import TextEncoder, encode_tokens, normalized, resolve_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,8 @@ def cooking_vectors(cooking_prepared) -> tuple[np.ndarray, np.ndarray]:
     tokenizer = load_tokenizer(encoder.model_dir)
 
     def embed(texts: list[str]) -> np.ndarray:
-        return encode_tokens(normalized(encoder), *tokenize_texts(tokenizer, texts, max_len=32), batch_size=128)
+        return encode_tokens(normalized(encoder), *tokenize_texts(tokenizer, texts, max_len=32),
+                             batch_size=128)
 
     return embed(dataset.texts("test")[:400]), embed(dataset.texts("labels"))
 

@@ -1,4 +1,5 @@
-"""Bad input is named, never skipped: each case exits 2 with one line FILE:LINE: what was expected.
+"""Bad input is named, never skipped: each case stops preparation with one line FILE:LINE: what was
+expected, and the prepare job turns it into that line on stderr and exit status 2.
 
 The corpus starts from a real subset of cooking-stackexchange (LF layout) or its sparse-layout copy and
 breaks one thing per case.
@@ -6,12 +7,14 @@ breaks one thing per case.
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from xmc.data.errors import DataError
+from xmc.data.prepare import prepare_dataset
 
 from conftest import read_lines, run_job, write_lf_subset, write_lines
 
@@ -124,12 +127,14 @@ def sparse_empty_text(src: Path) -> None:
 CASES = [
     ("malformed-json", lf_case("trn.json.gz", 3, lambda o: json.dumps(o)[:-5]), "trn.json.gz", 3,
      "malformed JSON"),
-    ("not-an-object", lf_case("tst.json.gz", 4, lambda o: "[1, 2]"), "tst.json.gz", 4, "expected a JSON object"),
+    ("not-an-object", lf_case("tst.json.gz", 4, lambda o: "[1, 2]"), "tst.json.gz", 4,
+     "expected a JSON object"),
     ("missing-title", lf_case("tst.json.gz", 2, without_field("title")), "tst.json.gz", 2,
      "missing field 'title'; expected a non-empty string"),
     ("empty-title", lf_case("trn.json.gz", 5, with_field("title", "  ")), "trn.json.gz", 5,
      "empty 'title'; expected a non-empty string"),
-    ("empty-label-title", lf_case("lbl.json.gz", 9, with_field("title", "")), "lbl.json.gz", 9, "empty 'title'"),
+    ("empty-label-title", lf_case("lbl.json.gz", 9, with_field("title", "")), "lbl.json.gz", 9,
+     "empty 'title'"),
     ("title-not-a-string", lf_case("trn.json.gz", 7, with_field("title", 42)), "trn.json.gz", 7,
      "field 'title' must be a string"),
     ("missing-uid", lf_case("trn.json.gz", 8, without_field("uid")), "trn.json.gz", 8, "missing field 'uid'"),
@@ -145,7 +150,8 @@ CASES = [
      "target_ind value '3' is not an integer"),
     ("targets-not-a-list", lf_case("trn.json.gz", 10, with_field("target_ind", 4)), "trn.json.gz", 10,
      "field 'target_ind' must be a list"),
-    ("rel-length-mismatch", lf_case("tst.json.gz", 3, with_field("target_rel", [1.0, 1.0, 1.0, 1.0, 1.0, 1.0])),
+    ("rel-length-mismatch",
+     lf_case("tst.json.gz", 3, with_field("target_rel", [1.0, 1.0, 1.0, 1.0, 1.0, 1.0])),
      "tst.json.gz", 3, "field 'target_rel' must be a list as long as 'target_ind'"),
     ("empty-line", lf_case("trn.json.gz", 11, lambda o: ""), "trn.json.gz", 11, "empty line"),
     ("missing-label-file", remove_labels, "lbl.json.gz", None, "file not found"),
@@ -156,7 +162,8 @@ CASES = [
     ("filter-label-out-of-range", filter_label_out_of_range, "filter_labels_test.txt", 3,
      "label 736 is out of range"),
     ("filter-malformed", filter_garbage, "filter_labels_test.txt", 2, "expected 'row label'"),
-    ("sparse-header-rows-more", sparse_case(replace_text("trn_X_Y.txt", f"{N_TRAIN} 736", f"{N_TRAIN + 1} 736")),
+    ("sparse-header-rows-more",
+     sparse_case(replace_text("trn_X_Y.txt", f"{N_TRAIN} 736", f"{N_TRAIN + 1} 736")),
      "trn_X_Y.txt", N_TRAIN + 2, f"file ends after {N_TRAIN} rows but the header says {N_TRAIN + 1}"),
     ("sparse-header-rows-fewer", sparse_case(sparse_rows_more_than_header), "tst_X_Y.txt", N_TEST + 2,
      f"more rows than the header's {N_TEST}"),
@@ -166,7 +173,8 @@ CASES = [
      "tst_X_Y.txt", 1, "header says 700 labels but the label file has 736"),
     ("sparse-bad-header", sparse_case(replace_text("trn_X_Y.txt", f"{N_TRAIN} 736", "forty 736")),
      "trn_X_Y.txt", 1, "bad header"),
-    ("sparse-label-out-of-range", sparse_case(sparse_label_line), "trn_X_Y.txt", 4, "label 736 is out of range"),
+    ("sparse-label-out-of-range", sparse_case(sparse_label_line), "trn_X_Y.txt", 4,
+     "label 736 is out of range"),
     ("sparse-bad-pair", sparse_case(replace_text("tst_X_Y.txt", ":1.0", "=1.0")), "tst_X_Y.txt", 2,
      "expected 'label:value'"),
     ("sparse-missing-texts", sparse_case(sparse_missing_text), "tst_X.txt", N_TEST - 1, "missing text"),
@@ -185,12 +193,10 @@ def clean_source(tmp_path, cooking_source) -> Path:
 def test_bad_input_is_named(tmp_path, clean_source, case_id, mutate, file, line, expected):
     mutate(clean_source)
     out = tmp_path / "out"
-    proc = run_job("prepare.py", "--source", str(clean_source), "--out", str(out), "--no-tokens", check=False)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr  # one line, no traceback
-    message = lines[0]
-    assert message.startswith("error: ") and "Traceback" not in proc.stderr
+    with pytest.raises(DataError) as raised:
+        prepare_dataset(clean_source, out)
+    message = str(raised.value)
+    assert "\n" not in message
     if line is None:
         assert f"{file}: " in message, message
     elif line == "any":
@@ -202,26 +208,38 @@ def test_bad_input_is_named(tmp_path, clean_source, case_id, mutate, file, line,
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
+@pytest.mark.integration
+def test_the_prepare_job_reports_bad_input_in_one_line(tmp_path, clean_source):
+    edit_line(clean_source / "trn.json.gz", 4, with_field("target_ind", [3, 736]))
+    proc = run_job("prepare.py", "--source", str(clean_source), "--out", str(tmp_path / "out"), "--no-tokens",
+                   check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert (lines[0].startswith("error: ")
+            and "trn.json.gz:4: target_ind value 736 is out of range" in lines[0])
+
+
 def test_the_clean_corpus_prepares(tmp_path, clean_source):
     """The unmodified subset (and its sparse copy) is valid: every failure above comes from its mutation."""
-    run_job("prepare.py", "--source", str(clean_source), "--out", str(tmp_path / "lf"), "--no-tokens")
+    lf, _ = prepare_dataset(clean_source, tmp_path / "lf")
     to_sparse(clean_source)
-    run_job("prepare.py", "--source", str(clean_source), "--out", str(tmp_path / "sparse"), "--no-tokens")
+    sparse, _ = prepare_dataset(clean_source, tmp_path / "sparse")
+    assert lf["counts"] == sparse["counts"] == {"train": N_TRAIN, "test": N_TEST, "labels": 736}
 
 
 def test_empty_titles_can_be_allowed_explicitly(tmp_path, clean_source):
     edit_line(clean_source / "trn.json.gz", 5, with_field("title", ""))
-    proc = run_job("prepare.py", "--source", str(clean_source), "--out", str(tmp_path / "out"), "--no-tokens",
-                   "--set", "dataset.allow_empty_text=true")
-    assert "1 row(s) have an empty title" in proc.stdout
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    manifest, _ = prepare_dataset(clean_source, tmp_path / "out", allow_empty_text=True)
     assert manifest["splits"]["train"]["empty_titles"] == 1 and manifest["counts"]["train"] == N_TRAIN
 
 
 def test_repeated_label_is_merged_and_reported(tmp_path, clean_source):
-    edit_line(clean_source / "trn.json.gz", 3, lambda o: {**o, "target_ind": [7, 7, 9], "target_rel": [1, 1, 1]})
-    proc = run_job("prepare.py", "--source", str(clean_source), "--out", str(tmp_path / "out"), "--no-tokens")
-    assert "merged on 1 row(s), source lines [3]" in proc.stdout
+    edit_line(clean_source / "trn.json.gz", 3,
+              lambda o: {**o, "target_ind": [7, 7, 9], "target_rel": [1, 1, 1]})
+    manifest, _ = prepare_dataset(clean_source, tmp_path / "out")
+    stats = manifest["splits"]["train"]
+    assert stats["duplicate_labels_merged"] == 1 and stats["duplicate_labels_merged_at_lines"] == [3]
     from xmc.data.dataset import PreparedDataset
 
     assert PreparedDataset(tmp_path / "out").label_matrix("train")[2].indices.tolist() == [7, 9]

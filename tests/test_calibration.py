@@ -4,7 +4,6 @@ hold-out only, and an exported bundle ranks exactly like the chosen grid point."
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -15,8 +14,11 @@ from xmc.config import load_config
 from xmc.data.prepare import prepare_dataset
 from xmc.evaluation import calibration
 from xmc.experiment import ExperimentConfig
+from xmc.scoring import fusion
 
 from conftest import REPO, read_lines, run_job, shared_set, write_lines
+
+pytestmark = pytest.mark.integration
 
 N_TRAIN, N_TEST = 1000, 200
 OFFSETS = [0.0, 0.1, 0.3]
@@ -50,16 +52,19 @@ def wordnet_run(tmp_path_factory, ray_session) -> Path:
               "dataset.validation_fraction": 0.2, "train.epochs": 1, "train.batch_size": 64,
               "train.num_workers": 1, "train.progress": False, "pool.max_size": 512,
               "run.storage": root / "runs", "run.name": "calibrated"}
-    config = load_config(ExperimentConfig, REPO / "configs" / "wordnet.yaml", [f"{k}={v}" for k, v in values.items()])
+    config = load_config(ExperimentConfig, REPO / "configs" / "wordnet.yaml",
+                         [f"{k}={v}" for k, v in values.items()])
     _, run_dir = run_training(config)
     return run_dir
 
 
 @pytest.fixture(scope="module")
-def trained(wordnet_run, tmp_path_factory):
-    from xmc.index.export import find_checkpoint, load_trained
+def trained(wordnet_run):
+    """The run's last checkpoint for inference, and the run it comes from."""
+    from xmc.scoring.run import TrainedRun
 
-    return load_trained(wordnet_run, find_checkpoint(wordnet_run), tmp_path_factory.mktemp("scratch"))
+    run = TrainedRun.open(wordnet_run)
+    return run, run.scoring_model()
 
 
 @pytest.fixture(scope="module")
@@ -70,59 +75,60 @@ def calibrated(wordnet_run) -> dict:
 
 
 def test_folded_vectors_compute_the_calibrated_score(trained):
-    """[w·DE ; CLF ; b·cold] · [q_DE ; q_CLF ; 1] = w·cos_DE + cos_CLF + b·[cold], on the model's real vectors."""
-    rows = trained.validation_rows[:50]
-    queries = trained.query_vectors("train", rows)
-    labels_de, labels_clf = trained.scoring_vectors()
-    cold = trained.untrained_labels
-    assert 0 < len(cold) < trained.num_labels
-    d = trained.model.de_dim
-    folded = calibration.query_vectors(queries, 0.2) @ calibration.label_vectors(labels_de, labels_clf, cold,
-                                                                                 0.5, 0.2).T
-    expected = 0.5 * queries[:, :d] @ labels_de.T + queries[:, d:] @ labels_clf.T
+    """[w·DE ; CLF ; b·cold] · [q_DE ; q_CLF ; 1] = w·cos_DE + cos_CLF + b·[cold], on the model's real
+    vectors."""
+    run, scoring = trained
+    queries = scoring.query_head_vectors(run.token_cache().arrays("train"), run.split.validation_rows[:50])
+    heads = scoring.head_vectors()
+    cold = scoring.cold_start
+    assert 0 < len(cold) < scoring.num_labels
+    d = scoring.de_dim
+    folded = fusion.fold_queries(queries, 0.2) @ fusion.fold_labels(heads.de, heads.clf, cold, 0.5, 0.2).T
+    expected = 0.5 * queries[:, :d] @ heads.de.T + queries[:, d:] @ heads.clf.T
     expected[:, cold] += 0.2
     np.testing.assert_allclose(folded, expected, atol=1e-5)
     # no offset: the plain [DE ; CLF] layout of every earlier bundle, no extra column on either side
-    assert calibration.label_vectors(labels_de, labels_clf, cold, 1.0, 0.0).shape[1] == 2 * d
-    assert calibration.query_vectors(queries, 0.0).shape[1] == 2 * d
+    assert fusion.fold_labels(heads.de, heads.clf, cold, 1.0, 0.0).shape[1] == 2 * d
+    assert fusion.fold_queries(queries, 0.0).shape[1] == 2 * d
 
 
 def test_grid_search_agrees_with_a_search_of_the_folded_vectors(trained):
     """The grid recombines per-head score matrices; each point must rank as an exact search of its folded
     label vectors does (the vectors evaluation, export and Serve use)."""
     from xmc.evaluation.config import EvalConfig
-    from xmc.evaluation.predictor import predict_topk
+    from xmc.evaluation.retrieval import predict_topk
 
-    rows = trained.validation_rows
-    queries = trained.query_vectors("train", rows)
-    trained.config.model.clf_untrained = "table"
-    labels_de, table = trained.scoring_vectors()
-    trained.config.model.clf_untrained = "label_text"  # the run's own setting (configs/wordnet.yaml)
-    text = trained.untrained_text_vectors()
-    cold = trained.untrained_labels
+    run, scoring = trained
+    queries = scoring.query_head_vectors(run.token_cache().arrays("train"), run.split.validation_rows)
+    assert scoring.heads.clf_untrained == "table"
+    heads = scoring.head_vectors()
+    labels_de, table = heads.de, heads.clf
+    text = scoring.untrained_text_vectors()
+    cold = scoring.cold_start
     grid = calibration.make_grid([0.5, 1.0], [0.0, 0.2], ["table", "label_text"])
-    d = trained.model.de_dim
+    d = scoring.de_dim
     found = calibration.grid_topk(queries[:, :d], queries[:, d:], labels_de, table, text, cold, grid, k=5)
     for point, (indices, scores) in zip(grid, found):
         clf = table.copy()
         if point.clf_untrained == "label_text":
             clf[cold] = text
         expected, expected_scores = predict_topk(
-            calibration.query_vectors(queries, point.cold_start_offset),
-            calibration.label_vectors(labels_de, clf, cold, point.de_weight, point.cold_start_offset),
+            fusion.fold_queries(queries, point.cold_start_offset),
+            fusion.fold_labels(labels_de, clf, cold, point.de_weight, point.cold_start_offset),
             EvalConfig(top_k=5))
         np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
         assert (indices[:, 0] == expected[:, 0]).mean() >= 0.99, point
 
 
-def test_calibration_chooses_on_validation_and_export_ranks_as_chosen(wordnet_run, calibrated, trained, tmp_path):
+def test_calibration_chooses_on_validation_and_export_ranks_as_chosen(wordnet_run, calibrated, trained,
+                                                                      tmp_path):
     import faiss
 
-    from xmc.data.dataset import PreparedDataset
     from xmc.evaluation.evaluator import evaluate_predictions
-    from xmc.index.bundle import Bundle, shard_dir
-    from xmc.index.predict import bundle_topk
+    from xmc.index.bundle import shard_dir
+    from xmc.index.predictor import Predictor
 
+    run, scoring = trained
     grid = calibrated["grid"]
     assert len(grid) == 5 * len(OFFSETS) * 2
     best = max(grid, key=lambda row: row["P@1"])
@@ -130,7 +136,7 @@ def test_calibration_chooses_on_validation_and_export_ranks_as_chosen(wordnet_ru
     assert calibrated["checkpoint"].startswith("checkpoint_epoch001")
     # on wordnet most held-out positives are words with no training definition: the offset has work to do
     assert calibrated["validation_positives_on_cold_start_labels"] > 0.4
-    assert calibrated["cold_start_labels"] == len(trained.untrained_labels)
+    assert calibrated["cold_start_labels"] == len(scoring.cold_start)
     # raising the offset can only move cold-start labels up: more queries get one first, and the largest
     # offset makes it most of them
     for weight in (0.0, 1.0):
@@ -140,29 +146,28 @@ def test_calibration_chooses_on_validation_and_export_ranks_as_chosen(wordnet_ru
                      for b in OFFSETS]
             assert first == sorted(first) and first[-1] > first[0], (weight, rule, first)
 
-    run_job("export.py", "--run", str(wordnet_run), "--out", str(tmp_path / "bundle"), "--set", "ann.kind=flat")
-    bundle = Bundle(tmp_path / "bundle")
-    heads = bundle.manifest["query"]["heads"]
+    run_job("export.py", "--run", str(wordnet_run), "--out", str(tmp_path / "bundle"),
+            "--set", "ann.kind=flat")
+    predictor = Predictor.from_bundle(tmp_path / "bundle")
+    heads = predictor.bundle.manifest["query"]["heads"]
     chosen = calibrated["selected"]
     assert {key: heads[key] for key in chosen} == chosen
-    d = trained.model.de_dim
+    d = scoring.de_dim
     offset_column = chosen["cold_start_offset"] != 0
-    assert bundle.manifest["counts"]["dim"] == 2 * d + offset_column
+    assert predictor.bundle.manifest["counts"]["dim"] == 2 * d + offset_column
     if offset_column:
         index = faiss.read_index(str(tmp_path / "bundle" / shard_dir(0) / "index.faiss"))
         column = index.reconstruct_n(0, index.ntotal)[:, -1]
-        expected = np.zeros(trained.num_labels, np.float32)
-        expected[trained.untrained_labels] = chosen["cold_start_offset"]
+        expected = np.zeros(scoring.num_labels, np.float32)
+        expected[scoring.cold_start] = chosen["cold_start_offset"]
         np.testing.assert_allclose(column, expected)
 
     # the bundle, fed the raw held-out texts, scores what calibration measured for its choice
-    dataset = PreparedDataset(Path(trained.config.dataset.prepared))
-    rows = trained.validation_rows
-    train_texts = dataset.texts("train", trained.config.dataset.query_text)
-    texts = [train_texts[row] for row in rows]
-    indices, scores = bundle_topk(bundle, texts, 10)
-    metrics = evaluate_predictions(dataset, indices, scores, 0.55, 1.5, split="train", rows=rows,
-                                   train_rows=trained.train_rows)
+    rows = run.split.validation_rows
+    train_texts = run.dataset.texts("train", run.config.dataset.query_text)
+    indices, scores = predictor.topk([train_texts[row] for row in rows], 10)
+    metrics = evaluate_predictions(run.dataset, indices, scores, 0.55, 1.5, split="train", rows=rows,
+                                   train_rows=run.split.train_rows)
     assert abs(metrics["P@1"] - calibrated["validation"]["P@1"]) <= 100 / len(rows) + 1e-6
 
 

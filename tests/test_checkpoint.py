@@ -1,71 +1,116 @@
-"""Checkpoint state round trip: a trainer restored from a mid-epoch checkpoint continues bit for bit."""
+"""Checkpoints without Ray: the no-pickle state format, label shards re-split for another worker count, and a
+loop killed mid-epoch that resumes to exactly the model of an uninterrupted one."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from xmc import checkpoint as ckpt
 from xmc.config import load_config
-from xmc.data.prepare import prepare_dataset
 from xmc.experiment import ExperimentConfig
+from xmc.models.label_table import ShardedLabelTable
 from xmc.training.driver import resolve_run
-from xmc.training.state_io import flatten, load_state, rng_state, save_state, unflatten
+from xmc.training.session import Session
 from xmc.training.trainer import Trainer
 
-from conftest import REPO, write_lf_subset
+from conftest import REPO
 
 
 def test_flatten_round_trip_without_pickle(tmp_path):
     state = {"a": torch.arange(6).reshape(2, 3), 3: [1.5, (np.arange(4, dtype=np.int32), None)], "s": "x",
              "nested": {"step": torch.tensor(7.0), "flag": True}}
-    save_state(tmp_path, "state", state)
-    loaded = load_state(tmp_path, "state")
+    ckpt.save_state(tmp_path, "state", state)
+    loaded = ckpt.load_state(tmp_path, "state")
     assert torch.equal(loaded["a"], state["a"]) and loaded["s"] == "x" and loaded["nested"]["flag"] is True
     assert loaded[3][0] == 1.5 and isinstance(loaded[3][1], tuple)
     assert np.array_equal(loaded[3][1][0], state[3][1][0]) and loaded[3][1][0].dtype == np.int32
     assert (tmp_path / "state.json").read_text().startswith("{")  # structure in JSON, tensors in safetensors
     with pytest.raises(TypeError, match="cannot save"):
-        flatten({"f": object()}, {})
-    assert unflatten(flatten([1, 2], {}), {}) == [1, 2]
+        ckpt.flatten({"f": object()}, {})
+    assert ckpt.unflatten(ckpt.flatten([1, 2], {}), {}) == [1, 2]
 
 
-def _steps(trainer: Trainer, n: int) -> list[float]:
-    losses = []
-    for _ in range(n):
-        losses.append(trainer.train_step(trainer.plan.batch(trainer.step_in_epoch)))
-        trainer.step_in_epoch += 1
-        trainer.global_step += 1
-    return losses
+def test_label_shards_are_re_split_for_any_number_of_workers(tmp_path):
+    """Two workers save their rows of an 11-row table; one worker, or rank 1 of three, reads back exactly its
+    rows and moments."""
+    rows = torch.arange(11 * 4, dtype=torch.float32).reshape(11, 4)
+    for rank in range(2):
+        table = ShardedLabelTable(11, 4, rank, 2, initial=rows.numpy())
+        owned = torch.from_numpy(table.owned)
+        ckpt.save_state(tmp_path, ckpt.shard_name("table", rank),
+                        {"owned": table.owned, "weight": table.rows.weight.detach(), "exp_avg": -rows[owned],
+                         "step": torch.tensor(5.0)})
+    everything = ckpt.read_rows(tmp_path, "table", ("weight", "exp_avg"), 11, np.arange(11))
+    assert torch.equal(everything["weight"], rows) and torch.equal(everything["exp_avg"], -rows)
+    assert float(everything["step"]) == 5.0
+    third = ShardedLabelTable(11, 4, 1, 3)
+    mine = ckpt.read_rows(tmp_path, "table", ("weight",), 11, third.owned)
+    assert torch.equal(mine["weight"], rows[torch.from_numpy(third.owned)])
+    (tmp_path / "table-rank0001.json").unlink()
+    with pytest.raises(ValueError, match="miss 5 of this worker's rows"):
+        ckpt.read_rows(tmp_path, "table", ("weight",), 11, np.arange(11))
 
 
-def test_restored_trainer_continues_identically(tmp_path, cooking_source):
-    source = write_lf_subset(cooking_source, tmp_path / "source", 512, 50)
-    prepare_dataset(source, tmp_path / "prepared")
+class Crash(Exception):
+    pass
+
+
+class CrashingSession(Session):
+    """A session whose worker dies before global step ``at`` (once)."""
+
+    def __init__(self, checkpoint_root: Path, at: int):
+        super().__init__(checkpoint_root)
+        self.at = at
+
+    def before_step(self, global_step: int) -> None:
+        if global_step == self.at:
+            raise Crash(global_step)
+
+
+@pytest.fixture(scope="module")
+def config(small_cooking, tmp_path_factory) -> ExperimentConfig:
+    """Two short epochs; the second mines hard negatives and clusters queries, so shortlists, clusters and
+    the batch plan are part of what a mid-epoch checkpoint must restore. Dropout stays on: the RNG states are
+    part of it too."""
+    storage = tmp_path_factory.mktemp("runs")
     config = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml", [
-        "train.num_workers=0", f"dataset.prepared={tmp_path / 'prepared'}", "dataset.max_len=32",
-        "train.batch_size=64", "train.progress=false", f"run.storage={tmp_path}"])
-    config, run_dir = resolve_run(config, "resume")
-    # an epoch with mining on: clustered batches and hard negatives are part of the restored state
-    first = Trainer(config, run_dir)
-    first.initialise_table_from_label_text()
-    first.epoch = config.mining.start_epoch
-    first.refresh_mining()
-    first.plan = first.plan_epoch()
-    _steps(first, 3)
-    checkpoint = tmp_path / "checkpoint"
-    save_state(checkpoint, "model", first.model.state_dict())
-    save_state(checkpoint, "optimizer", first.optimizer.state_dict())
-    save_state(checkpoint, "trainer", first.state_dict())
-    save_state(checkpoint, "table-rank0000", first._shard_state(first.table, first.table_optimizer))
-    save_state(checkpoint, "rng-rank0000", rng_state())
-    expected = _steps(first, 3)  # dropout is on: the RNG state is part of what must be restored
+        "train.num_workers=0", f"dataset.prepared={small_cooking}", "dataset.max_len=16",
+        "train.batch_size=64", "train.epochs=2", "train.max_steps_per_epoch=3",
+        "train.checkpoint_every_steps=2", "train.progress=false", "eval.top_k=10", f"run.storage={storage}"])
+    return config
 
-    second = Trainer(config, run_dir)
-    second.restore(checkpoint)
-    assert second.step_in_epoch == 3 and second.epoch == config.mining.start_epoch
-    assert np.array_equal(second.shortlists, first.shortlists)
-    assert _steps(second, 3) == expected
-    for (name, a), b in zip(first.model.state_dict().items(), second.model.state_dict().values()):
+
+def trained(config: ExperimentConfig, name: str, session: Session) -> Trainer:
+    config, run_dir = resolve_run(config, name)
+    trainer = Trainer(config, run_dir, session)
+    trainer.fit()
+    return trainer
+
+
+def test_a_killed_loop_resumes_to_the_same_model(config, tmp_path):
+    reference_session = Session(tmp_path / "reference")
+    reference = trained(config, "reference", reference_session)
+    reports = [(metrics["step"], name) for metrics, name in reference_session.reports]
+    assert reports == [(2, "checkpoint_epoch000_step0000002"), (3, "checkpoint_epoch001_step0000003"),
+                       (4, "checkpoint_epoch001_step0000004"), (6, "checkpoint_epoch002_step0000006")]
+
+    with pytest.raises(Crash):  # killed in epoch 2, one step after its mid-epoch checkpoint (step 4)
+        trained(config, "resumed", CrashingSession(tmp_path / "resumed", at=5))
+    session = Session(tmp_path / "resumed")
+    resumed = trained(config, "resumed", session)
+    assert [name for _, name in session.reports] == ["checkpoint_epoch002_step0000006"]
+    assert session.reports[0][0] == reference_session.reports[-1][0]  # same loss and test metrics
+    for (name, a), b in zip(reference.scoring.model.state_dict().items(),
+                            resumed.scoring.model.state_dict().values()):
         assert torch.equal(a, b), name
-    assert torch.equal(first.table.rows.weight, second.table.rows.weight)
+    assert torch.equal(reference.scoring.classifier.rows.weight, resumed.scoring.classifier.rows.weight)
+    assert np.array_equal(reference.planner.shortlists, resumed.planner.shortlists)
+
+    # a finished run trains nothing more and reports its final metrics again
+    again = Session(tmp_path / "resumed")
+    trained(config, "resumed", again)
+    assert again.reports == [(session.reports[0][0], None)]

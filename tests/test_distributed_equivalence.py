@@ -16,9 +16,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from xmc.distributed import all_gather_with_grad, gather_rows
 from xmc.losses.multilabel import supcon
 from xmc.models.label_table import ShardedLabelTable
-from xmc.training.distributed import all_gather_with_grad, gather_rows
 
 NUM_LABELS, DIM, BATCH = 23, 8, 6
 POOL = np.array([3, 17, 4, 22, 0, 9, 11, 5], dtype=np.int64)

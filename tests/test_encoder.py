@@ -8,9 +8,17 @@ import torch
 
 from xmc.config import ConfigError
 from xmc.data.dataset import PreparedDataset
-from xmc.models.encoder import (GROUP_OVERHEAD_TOKENS, FrozenBackbone, TextEncoder, encode_tokens,
-                                freeze_for_inference, length_groups, load_tokenizer, normalized, resolve_model_dir,
-                                tokenize_texts, tokenizer_id)
+from xmc.data.tokens import load_tokenizer, tokenize_texts, tokenizer_id
+from xmc.models.encoder import (
+    GROUP_OVERHEAD_TOKENS,
+    FrozenBackbone,
+    TextEncoder,
+    encode_tokens,
+    freeze_for_inference,
+    length_groups,
+    normalized,
+    resolve_model_dir,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +67,8 @@ def test_any_hugging_face_model_directory(tmp_path):
     from transformers import BertConfig, BertModel
 
     tokenizer = load_tokenizer(resolve_model_dir("default"))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(tmp_path / "tiny-bert")
     tokenizer.save_pretrained(tmp_path / "tiny-bert")
@@ -89,7 +97,8 @@ def test_length_groups_cover_the_batch_and_fewer_on_a_gpu(default_encoder, cooki
         widths = [int(batch_lengths[g].max()) for g in groups]
         assert widths == sorted(widths) and widths[-1] == int(batch_lengths.max())
     assert 1 <= len(gpu_groups) <= 2 < len(cpu_groups)
-    padded = [sum(len(g) * int(batch_lengths[g].max()) for g in groups) for groups in (cpu_groups, gpu_groups)]
+    padded = [sum(len(g) * int(batch_lengths[g].max()) for g in groups)
+              for groups in (cpu_groups, gpu_groups)]
     assert padded[0] < padded[1] <= 256 * int(batch_lengths.max())
 
     batch_ids = torch.from_numpy(ids[rows].astype(np.int64))
@@ -106,7 +115,8 @@ def test_frozen_backbone_encodes_like_the_eager_one(cooking_prepared):
     eager = TextEncoder(resolve_model_dir("default")).eval()
     frozen = freeze_for_inference(TextEncoder(resolve_model_dir("default")).eval())
     assert isinstance(frozen.backbone, FrozenBackbone) and not isinstance(eager.backbone, FrozenBackbone)
-    cache = PreparedDataset(cooking_prepared).token_cache(eager.model_dir, 48, "title", "title", progress=False)
+    cache = PreparedDataset(cooking_prepared).token_cache(eager.model_dir, 48, "title", "title",
+                                                          progress=False)
     ids, lengths = cache.arrays("test")
     rows = np.argsort(lengths)[np.linspace(0, len(lengths) - 1, 40).astype(int)]  # shortest to longest
     assert lengths[rows].min() < 6 and lengths[rows].max() > 25
@@ -125,7 +135,8 @@ def test_encoder_attention_never_uses_cudnn(default_encoder, cooking_prepared):
     ids, mask = cache.batch("train", np.arange(8))
     seen = []
     hook = default_encoder.backbone.register_forward_hook(
-        lambda *_: seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+        lambda *_: seen.append((torch.backends.cuda.cudnn_sdp_enabled(),
+                                torch.backends.cuda.flash_sdp_enabled(),
                                 torch.backends.cuda.mem_efficient_sdp_enabled())))
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:

@@ -11,6 +11,8 @@ from xmc.evaluation.metrics import REPORTED_METRICS
 
 from conftest import REPO, run_job
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def zero_shot_run(tmp_path_factory, cooking_prepared):
@@ -51,7 +53,8 @@ def test_propensity_constants_come_from_the_config(zero_shot_run, cooking_prepar
 
 @pytest.mark.parametrize("indices, scores, expected", [
     (np.zeros((2999, 5), np.int64), np.zeros((2999, 5), np.float32), "2999 rows but the test split has 3000"),
-    (np.full((3000, 5), 736, np.int64), np.zeros((3000, 5), np.float32), "indices[0, 0] = 736 is not a label id"),
+    (np.full((3000, 5), 736, np.int64), np.zeros((3000, 5), np.float32),
+     "indices[0, 0] = 736 is not a label id"),
     (np.zeros((3000, 5), np.int64), np.zeros((3000, 4), np.float32), "must be 2-D arrays of the same shape"),
     (np.zeros((3000, 5), np.float32), np.zeros((3000, 5), np.float32), "expected integers"),
 ])

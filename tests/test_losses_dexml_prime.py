@@ -104,8 +104,8 @@ def test_triplet_gradcheck():
     violated.requires_grad_()
     for tau in (1.0, 0.1):
         def fixed(s):
-            return dynamic_margin_triplet(s, targets, num_negatives=3, margin_min=0.2, margin_max=0.2, tau=tau,
-                                          positive=positive)
+            return dynamic_margin_triplet(s, targets, num_negatives=3, margin_min=0.2, margin_max=0.2,
+                                          tau=tau, positive=positive)
 
         def dynamic(s):
             return dynamic_margin_triplet(s, targets, num_negatives=3, tau=tau, positive=positive)
@@ -118,7 +118,8 @@ def test_regularizer_hand_computed():
     text = torch.tensor([[0.5, 0.3, 0.1]])
     proto = torch.tensor([[0.4, 0.35, 0.0]])
     targets = torch.tensor([[True, False, False]])
-    # positive: max(0, 0.5 - 0.4 + 0.1) = 0.2; negatives by prototype score: 0.15 and 0 -> mean of nonzero 0.15
+    # positive: max(0, 0.5 - 0.4 + 0.1) = 0.2; negatives by prototype score: 0.15 and 0 -> mean of
+    # nonzero 0.15
     value = prototype_regularizer(text, proto, targets, num_negatives=2, margin=0.1)
     assert value.item() == pytest.approx(0.5 * (0.2 + 0.15), abs=1e-6)
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from xmc.data.propensity import inverse_propensity
 from xmc.evaluation.metrics import compute_metrics, rank_predictions
-from xmc.evaluation.propensity import inverse_propensity
 
 L2 = math.log2
 

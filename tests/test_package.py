@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+
 import tomllib
 
 from conftest import REPO
@@ -24,22 +25,23 @@ def test_xmc_imports_from_the_source_root():
     assert (REPO / "platform" / "xmc" / "__init__.py").samefile(xmc.__file__)
 
 
-def test_torch_is_pinned_in_every_install_path():
+def test_the_installed_torch_is_the_pinned_one():
+    """An unpinned torch pulls several GB of CUDA wheels on a CPU machine: the project pins one version, and
+    the environment the tests run in (installed by scripts/setup-venv.sh, as CI's is) has exactly it."""
+    import torch
+    from packaging.requirements import Requirement
+
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert "torch==2.13.0" in pyproject["project"]["dependencies"]
-    assert pyproject["project"]["requires-python"] == ">=3.10"
-    assert {"test", "dev", "gpu"} <= set(pyproject["project"]["optional-dependencies"])
-    setup = (REPO / "scripts" / "setup-venv.sh").read_text()
-    assert setup.count('"torch==2.13.0"') == 2  # installed first, and pinned again with the project
-    # CI runs exactly the README's test command, which installs through setup-venv.sh
-    assert "exec bash scripts/test.sh" in (REPO / ".ci" / "run").read_text()
-    assert "bash scripts/test.sh" in (REPO / "README.md").read_text()
-    assert "bash scripts/setup-venv.sh" in (REPO / "scripts" / "test.sh").read_text()
+    torch_requirement = next(Requirement(spec) for spec in pyproject["project"]["dependencies"]
+                             if Requirement(spec).name == "torch")
+    assert str(torch_requirement.specifier).startswith("==")
+    assert torch_requirement.specifier.contains(torch.__version__.split("+")[0])
 
 
 def test_preparing_data_does_not_import_torch():
     import subprocess
 
-    code = "import sys, xmc.data.prepare, xmc.data.dataset, xmc.experiment; print('torch' in sys.modules)"
+    code = ("import sys, xmc, xmc.data.prepare, xmc.data.dataset, xmc.data.split, xmc.experiment; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

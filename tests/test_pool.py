@@ -7,7 +7,8 @@ import pytest
 import scipy.sparse as sp
 
 from xmc.data.dataset import PreparedDataset
-from xmc.mining.batches import BatchPlan, clustered_plan, local_slice, random_plan
+from xmc.distributed import equal_share, my_share, share_sizes
+from xmc.mining.batches import BatchPlan, clustered_plan, random_plan
 from xmc.mining.clustering import balanced_clusters
 from xmc.mining.shortlist import remove_positives
 from xmc.training.pool import PoolConfig, build_label_pool, sample_per_row
@@ -29,8 +30,8 @@ def test_sampled_positives_hard_negatives_and_fill():
     pool = build_label_pool(np.array([0, 1, 2, 3]), POSITIVES, config, rng, shortlists)
     ids = pool.label_ids.tolist()
     assert len(ids) == len(set(ids))
-    sampled = [l for l in ids if l <= 8]
-    negatives = [l for l in ids if l > 8]
+    sampled = [label for label in ids if label <= 8]
+    negatives = [label for label in ids if label > 8]
     assert 3 <= len(sampled) <= 4  # one per query (queries 0 and 1 may both draw label 2)
     # shortlist entries that are the query's own positives (1 for query 0, 3 for 1, 4 for 2, 7 for 3)
     # never enter as negatives; only sampled positives can bring them in
@@ -123,9 +124,15 @@ def test_plans_cover_every_row_once():
     assert again.batch(3).tolist() == clustered.batch(3).tolist()
 
 
-def test_local_slices_split_a_batch_evenly():
-    batch = np.arange(10, 17)  # 7 queries, 2 workers: padded by wrapping to 8
-    a, b = local_slice(batch, 0, 2), local_slice(batch, 1, 2)
-    assert len(a) == len(b) == 4
-    assert sorted(set(a.tolist()) | set(b.tolist())) == batch.tolist()
-    assert local_slice(batch, 0, 1).tolist() == batch.tolist()
+def test_worker_shares_cover_everything_in_order():
+    # every worker the same number of positions (wrapped around), and the blocks restore the order
+    blocks = [equal_share(7, rank, 2) for rank in range(2)]
+    assert [len(b) for b in blocks] == [4, 4]
+    assert np.concatenate(blocks)[:7].tolist() == list(range(7))
+    assert equal_share(7, 0, 1).tolist() == list(range(7))
+    assert [len(equal_share(3, rank, 4)) for rank in range(4)] == [1, 1, 1, 1]  # fewer items than workers
+    # contiguous shares differ by at most one and are what share_sizes says
+    rows = np.arange(10, 21)
+    parts = [my_share(rows, rank, 3) for rank in range(3)]
+    assert [len(p) for p in parts] == share_sizes(len(rows), 3) == [4, 4, 3]
+    assert np.concatenate(parts).tolist() == rows.tolist()

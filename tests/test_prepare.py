@@ -1,4 +1,5 @@
-"""jobs/prepare.py on real data: counts, contents, both layouts, token cache, no-op rerun, streaming memory."""
+"""jobs/prepare.py on real data: counts, contents, both layouts, token cache, no-op rerun, streaming
+memory."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 
 from xmc.data.dataset import PreparedDataset
 from xmc.data.prepare import prepare_dataset
-from xmc.models.encoder import load_tokenizer, resolve_model_dir
+from xmc.data.tokens import load_tokenizer
+from xmc.models.encoder import resolve_model_dir
 
 from conftest import REPO, read_lines, run_job, shared_set, write_lf_subset
 
@@ -52,31 +54,36 @@ def test_rows_keep_the_source_order_and_contents(cooking_prepared, cooking_sourc
 def test_rerun_on_unchanged_input_is_a_noop(tmp_path, cooking_source):
     source = write_lf_subset(cooking_source, tmp_path / "src", 300, 100)
     out = tmp_path / "prepared"
-    first = run_job("prepare.py", "--source", str(source), "--out", str(out), "--no-tokens")
-    assert "prepared:" in first.stdout
+    _, changed = prepare_dataset(source, out)
+    assert changed
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    second = run_job("prepare.py", "--source", str(source), "--out", str(out), "--no-tokens")
-    assert "up to date (no-op)" in second.stdout
+    _, changed = prepare_dataset(source, out)
+    assert not changed
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
     # a changed source file is noticed and the dataset rebuilt
     lines = read_lines(source / "tst.json.gz")[:50]
     with gzip.open(source / "tst.json.gz", "wt") as handle:
         handle.write("".join(line + "\n" for line in lines))
-    third = run_job("prepare.py", "--source", str(source), "--out", str(out), "--no-tokens")
-    assert "prepared:" in third.stdout
-    assert PreparedDataset(out).num_points("test") == 50
+    _, changed = prepare_dataset(source, out)
+    assert changed and PreparedDataset(out).num_points("test") == 50
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no temporary leftovers
 
 
-def test_refuses_to_overwrite_a_directory_that_is_not_a_dataset(tmp_path, cooking_source):
+@pytest.mark.integration
+def test_the_prepare_job_says_what_it_did_and_refuses_to_overwrite_other_data(tmp_path, cooking_source):
     source = write_lf_subset(cooking_source, tmp_path / "src", 20, 20)
-    out = tmp_path / "precious"
-    out.mkdir()
-    (out / "notes.txt").write_text("keep me")
-    proc = run_job("prepare.py", "--source", str(source), "--out", str(out), "--no-tokens", check=False)
+    out = tmp_path / "prepared"
+    assert "prepared:" in run_job("prepare.py", "--source", str(source), "--out", str(out),
+                                  "--no-tokens").stdout
+    again = run_job("prepare.py", "--source", str(source), "--out", str(out), "--no-tokens")
+    assert "up to date (no-op)" in again.stdout
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    proc = run_job("prepare.py", "--source", str(source), "--out", str(precious), "--no-tokens", check=False)
     assert proc.returncode == 2
     assert "is not a prepared dataset; refusing to overwrite it" in proc.stderr
-    assert (out / "notes.txt").read_text() == "keep me"
+    assert (precious / "notes.txt").read_text() == "keep me"
 
 
 def _write_sparse_layout(lf_source, dest, filter_pairs):
@@ -87,7 +94,8 @@ def _write_sparse_layout(lf_source, dest, filter_pairs):
     for split, short in (("trn", "trn"), ("tst", "tst")):
         points = [json.loads(line) for line in read_lines(lf_source / f"{split}.json.gz")]
         rows = [" ".join(f"{i}:1.0" for i in p["target_ind"]) for p in points]
-        (dest / f"{short}_X_Y.txt").write_text(f"{len(points)} {len(labels)}\n" + "".join(r + "\n" for r in rows))
+        (dest / f"{short}_X_Y.txt").write_text(f"{len(points)} {len(labels)}\n"
+                                               + "".join(r + "\n" for r in rows))
         (dest / "raw" / f"{short}_X.txt").write_text("".join(p["title"] + "\n" for p in points))
     (dest / "filter_labels_test.txt").write_text("".join(f"{r} {c}\n" for r, c in filter_pairs))
 
@@ -123,7 +131,8 @@ def test_token_cache_matches_the_tokenizer(cooking_prepared):
     again = dataset.token_cache(model_dir, 16, "title", "title", progress=False)
     assert again.directory == cache.directory  # built once, then reused
     input_ids, mask = cache.batch("test", np.array([0, 17]))
-    assert input_ids.shape[1] == max(lengths[0], lengths[17]) and mask.sum().item() == lengths[0] + lengths[17]
+    assert (input_ids.shape[1] == max(lengths[0], lengths[17])
+            and mask.sum().item() == lengths[0] + lengths[17])
 
 
 MEMORY_PROBE = r"""
@@ -147,8 +156,8 @@ def test_preparing_wordnet_streams(tmp_path, cooking_source):
     source = shared_set("wordnet-reverse-dictionary")
     uncompressed_mb = sum(len(gzip.open(p).read()) for p in source.glob("*.json.gz")) / 2**20
     proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(cooking_source), str(tmp_path / "warm"),
-                           str(source), str(tmp_path / "wordnet")], capture_output=True, text=True, check=True,
-                          cwd=REPO)
+                           str(source), str(tmp_path / "wordnet")], capture_output=True, text=True,
+                          check=True, cwd=REPO)
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["counts"] == {"train": 100011, "test": 17648, "labels": 147306}
     growth = report["peak_mb"] - report["rss_before_mb"]

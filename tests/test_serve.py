@@ -21,6 +21,8 @@ from xmc.index.bundle import Bundle, BundleError
 
 from conftest import REPO, run_job, write_lf_subset
 
+pytestmark = pytest.mark.integration
+
 N_TRAIN, N_TEST = 512, 200
 
 
@@ -36,7 +38,8 @@ def trained_run(tmp_path_factory, cooking_source, ray_session) -> Path:
               "train.epochs": 1, "train.batch_size": 64, "train.progress": False, "train.num_workers": 1,
               "train.checkpoint_every_steps": 4, "train.keep_checkpoints": 2, "run.storage": root / "runs",
               "run.name": "serve"}
-    config = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml", [f"{k}={v}" for k, v in values.items()])
+    config = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml",
+                         [f"{k}={v}" for k, v in values.items()])
     _, run_dir = run_training(config)
     return run_dir
 
@@ -61,7 +64,8 @@ def test_export_writes_a_verified_bundle_that_scores_like_the_run(trained_run, b
     manifest = bundle.manifest
     assert manifest["counts"] == {"labels": 736, "shards": 2, "dim": 768}  # [DE ; CLF], 384 each
     assert [s["labels"] for s in manifest["shards"]] == [368, 368]
-    assert manifest["source"]["checkpoint"] == max(p.name for p in trained_run.glob("checkpoint_*") if p.is_dir())
+    assert manifest["source"]["checkpoint"] == max(p.name for p in trained_run.glob("checkpoint_*")
+                                                   if p.is_dir())
     assert {"encoder/model.safetensors", "heads.safetensors", "labels.parquet", "shards/00000/index.faiss",
             "shards/00001/label_ids.npy"} <= set(manifest["files"])
     assert not list(final.rglob("*.pkl")) and not list(final.rglob("*.bin"))
@@ -97,8 +101,8 @@ def test_corrupt_or_partial_bundle_is_refused_by_name(bundles, tmp_path):
     (broken / "manifest.json").unlink()
     with pytest.raises(BundleError, match=r"manifest\.json: missing: the bundle is partial"):
         Bundle(broken)
-    proc = run_job("evaluate.py", "--data", str(tmp_path), "--bundle", str(broken), "--out", str(tmp_path / "o"),
-                   check=False)
+    proc = run_job("evaluate.py", "--data", str(tmp_path), "--bundle", str(broken),
+                   "--out", str(tmp_path / "o"), check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
 
 
@@ -144,12 +148,12 @@ def assert_same_ranking(served_ids, served_scores, offline_ids, offline_scores) 
 
 
 def test_served_top_k_equals_the_offline_top_k(served, bundles, trained_run):
+    from xmc import Predictor
     from xmc.data.dataset import PreparedDataset
-    from xmc.index.predict import bundle_topk
 
     bundle = Bundle(bundles[0])
     texts = PreparedDataset(trained_run.parent.parent / "prepared").texts("test")
-    offline_ids, offline_scores = bundle_topk(bundle, texts, 10)
+    offline_ids, offline_scores = Predictor.from_bundle(bundles[0]).topk(texts, 10)
     info = requests.get(f"{served}/v1/info", timeout=30).json()
     assert info["version"] == bundle.version and info["labels"] == 736 and info["shards"] == 2
     assert requests.get(f"{served}/healthz", timeout=30).json() == {"status": "ok", "version": bundle.version}
@@ -157,7 +161,8 @@ def test_served_top_k_equals_the_offline_top_k(served, bundles, trained_run):
     uids, labels = bundle.load_labels()
     served_ids, served_scores = [], []
     for start in range(0, len(texts), 50):
-        reply = requests.post(f"{served}/v1/predict", json={"texts": texts[start:start + 50], "k": 10}, timeout=60)
+        reply = requests.post(f"{served}/v1/predict", json={"texts": texts[start:start + 50], "k": 10},
+                              timeout=60)
         assert reply.status_code == 200, reply.text
         body = reply.json()
         assert body["version"] == bundle.version
@@ -180,11 +185,11 @@ def test_concurrent_requests_with_different_k_each_get_their_own_top_k(served, b
     k); each must still get exactly its own top-k."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from xmc import Predictor
     from xmc.data.dataset import PreparedDataset
-    from xmc.index.predict import bundle_topk
 
     texts = PreparedDataset(trained_run.parent.parent / "prepared").texts("test")[:96]
-    offline_ids, offline_scores = bundle_topk(Bundle(bundles[0]), texts, 20)
+    offline_ids, offline_scores = Predictor.from_bundle(bundles[0]).topk(texts, 20)
     ks = [1 + (7 * i) % 20 for i in range(len(texts))]
 
     def ask(i: int) -> list[dict]:

@@ -19,9 +19,10 @@ from xmc.config import from_dict, load_config
 from xmc.data.dataset import PreparedDataset
 from xmc.data.prepare import prepare_dataset
 from xmc.experiment import ExperimentConfig
-from xmc.mining.ann import AnnConfig
 
 from conftest import LOOPBACK_ENV, REPO, run_job, write_lf_subset
+
+pytestmark = pytest.mark.integration
 
 N_TRAIN, N_TEST = 768, 300
 
@@ -45,7 +46,8 @@ def overrides(subset: Path, storage: Path, name: str, **extra) -> list[str]:
 
 
 def load(subset, storage, name, **extra) -> ExperimentConfig:
-    return load_config(ExperimentConfig, REPO / "configs" / "demo.yaml", overrides(subset, storage, name, **extra))
+    return load_config(ExperimentConfig, REPO / "configs" / "demo.yaml",
+                       overrides(subset, storage, name, **extra))
 
 
 def metrics_of(run_dir: Path) -> dict:
@@ -68,22 +70,22 @@ def reference_run(subset, tmp_path_factory, ray_session) -> Path:
 
 
 def test_local_mode_training_beats_zero_shot_and_writes_the_run(subset, tmp_path, monkeypatch):
+    from xmc.scoring.model import ScoringModel
     from xmc.training.driver import run_training
-    from xmc.training.trainer import Trainer
 
-    label_encodings = []  # (global step, labels encoded) at each encoding of label texts
-    encode = Trainer._encode
+    label_encodings = []  # labels encoded, at each encoding of label texts
+    encode = ScoringModel.encode
 
-    def counting_encode(self, split, rows, embed):
-        if split == "labels":
-            label_encodings.append((self.global_step, len(rows)))
-        return encode(self, split, rows, embed)
+    def counting_encode(self, embed, tokens, rows=None):
+        if tokens is self.label_tokens:
+            label_encodings.append(len(tokens[1]) if rows is None else len(rows))
+        return encode(self, embed, tokens, rows)
 
-    monkeypatch.setattr(Trainer, "_encode", counting_encode)
+    monkeypatch.setattr(ScoringModel, "encode", counting_encode)
 
     zero_shot = tmp_path / "zero-shot"
-    run_job("evaluate.py", "--data", str(subset / "prepared"), "--encoder", "default", "--out", str(zero_shot),
-            "--set", "dataset.max_len=32", "--quiet")
+    run_job("evaluate.py", "--data", str(subset / "prepared"), "--encoder", "default",
+            "--out", str(zero_shot), "--set", "dataset.max_len=32", "--quiet")
     baseline = metrics_of(zero_shot)
 
     result, run_dir = run_training(load(subset, tmp_path, "local", **{"train.num_workers": 0}))
@@ -107,51 +109,12 @@ def test_local_mode_training_beats_zero_shot_and_writes_the_run(subset, tmp_path
     assert result.metrics["P@1"] == pytest.approx(metrics["P@1"])
     # epoch 1's evaluation and epoch 2's mining share one encoding of the labels; the final evaluation,
     # after epoch 2's steps, encodes them again (a stale reuse would leave one encoding, no reuse three)
-    first, second = (h["steps"] for h in history)
     num_labels = PreparedDataset(subset / "prepared").num_labels
-    assert label_encodings == [(first, num_labels), (first + second, num_labels)]
+    assert label_encodings == [num_labels, num_labels]
 
 
-def test_untrained_labels_are_scored_by_their_text_when_asked(reference_run, tmp_path):
-    """A label no training query is tagged with never gets a positive update, only pushes away as a negative.
-    ``clf_untrained: label_text`` scores it by its text under the trained encoder on the classifier side, in
-    evaluation and in an exported bundle; the default ``table`` keeps the trained rows."""
-    import faiss
-
-    from xmc.index.bundle import shard_dir
-    from xmc.index.config import ExportConfig
-    from xmc.index.export import export_run, find_checkpoint, load_trained
-
-    trainer = load_trained(reference_run, find_checkpoint(reference_run), tmp_path / "scratch")
-    assert trainer.config.model.clf_untrained == "table"
-    counts = np.asarray(trainer.positives[trainer.train_rows].sum(axis=0)).ravel()
-    untrained = trainer.untrained_labels
-    assert np.array_equal(untrained, np.flatnonzero(counts == 0)) and 0 < len(untrained) < trainer.num_labels
-    trained = np.flatnonzero(counts > 0)
-    table = trainer.table.full_normalized().numpy()
-    _, kept = trainer.scoring_vectors()
-    assert np.array_equal(kept, table)
-
-    trainer.config.model.clf_untrained = "label_text"
-    _, clf = trainer.scoring_vectors()
-    assert np.array_equal(clf[trained], table[trained])
-    text = trainer._encode("labels", untrained, trainer.model.embed_clf)
-    assert np.allclose(clf[untrained], text, atol=1e-6)
-    assert np.allclose(np.linalg.norm(clf, axis=1), 1.0, atol=1e-5)
-    # training moved the encoder and those rows: the trained table is not what the text now says
-    assert np.abs(table[untrained] - text).max() > 1e-2
-
-    # an export may choose the rule without retraining; the bundle's vectors are [DE ; CLF] per label
-    bundle = export_run(reference_run, tmp_path / "bundle",
-                        ExportConfig(clf_untrained="label_text", ann=AnnConfig(kind="flat")))
-    index = faiss.read_index(str(bundle / shard_dir(0) / "index.faiss"))
-    vectors = index.reconstruct_n(0, index.ntotal)
-    d = trainer.model.de_dim
-    assert index.ntotal == trainer.num_labels
-    assert np.allclose(vectors[:, d:], clf, atol=1e-5) and not np.allclose(vectors[untrained, d:], table[untrained])
-
-
-def test_rerunning_a_finished_run_trains_nothing_and_reports_its_final_metrics(subset, tmp_path, reference_run):
+def test_rerunning_a_finished_run_trains_nothing_and_reports_its_final_metrics(subset, tmp_path,
+                                                                               reference_run):
     """What a Tune trial killed after its last checkpoint, but before Tune recorded it, goes through: Tune
     hears only what the loop reports during the rerun (as TuneReportCallback does), so the loop must say its
     final metrics again."""
@@ -172,11 +135,13 @@ def test_rerunning_a_finished_run_trains_nothing_and_reports_its_final_metrics(s
                                        **{"train.num_workers": 1}), "run")
     assert run_dir == reference_run
     build_trainer(config, run_dir, callbacks=[WriteReports()]).fit()
-    assert history.stat().st_mtime_ns == stamp and sorted(reference_run.glob("checkpoint_epoch*")) == checkpoints
+    assert (history.stat().st_mtime_ns == stamp
+            and sorted(reference_run.glob("checkpoint_epoch*")) == checkpoints)
     reports = [json.loads(line) for line in heard.read_text().splitlines()]
     final = metrics_of(reference_run)
     assert len(reports) == 1 and reports[0]["epoch"] == 2
-    assert reports[0]["P@1"] == pytest.approx(final["P@1"]) and reports[0]["P@5"] == pytest.approx(final["P@5"])
+    assert (reports[0]["P@1"] == pytest.approx(final["P@1"])
+            and reports[0]["P@5"] == pytest.approx(final["P@5"]))
 
 
 def test_two_workers_reach_the_quality_of_one(subset, tmp_path, reference_run):
@@ -219,7 +184,8 @@ def test_crashed_worker_is_retried_from_the_last_checkpoint(subset, tmp_path, re
 
 def test_killed_run_resumes_with_the_same_command(subset, tmp_path, reference_run):
     """SIGKILL the whole job mid-epoch after its first step checkpoint, then rerun the same command."""
-    command = [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(REPO / "configs" / "demo.yaml")]
+    command = [sys.executable, str(REPO / "jobs" / "train.py"),
+               "--config", str(REPO / "configs" / "demo.yaml")]
     for item in overrides(subset, tmp_path, "killed", **NO_DROPOUT, **{"train.num_workers": 1}):
         command += ["--set", item]
     env = {**os.environ, **LOOPBACK_ENV}

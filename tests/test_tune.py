@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from xmc.config import load_config
@@ -20,6 +21,8 @@ from xmc.experiment import ExperimentConfig
 
 from conftest import LOOPBACK_ENV, REPO, write_lf_subset
 
+pytestmark = pytest.mark.integration
+
 
 def test_sweep_resumes_after_a_kill_and_retrains_the_best(tmp_path, cooking_source):
     source = write_lf_subset(cooking_source, tmp_path / "source", 384, 60)
@@ -27,7 +30,8 @@ def test_sweep_resumes_after_a_kill_and_retrains_the_best(tmp_path, cooking_sour
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({"tune": {
         "name": "sweep", "storage": str(tmp_path / "tune"),
-        "base": [str(REPO / "configs/datasets/cooking-stackexchange.yaml"), str(REPO / "configs/methods/prime.yaml")],
+        "base": [str(REPO / "configs/datasets/cooking-stackexchange.yaml"),
+                 str(REPO / "configs/methods/prime.yaml")],
         "overrides": [f"dataset.prepared={tmp_path / 'prepared'}", "dataset.max_len=24", "train.epochs=2",
                       "train.batch_size=32", "train.max_steps_per_epoch=3", "train.num_workers=1",
                       f"run.storage={tmp_path / 'runs'}"],

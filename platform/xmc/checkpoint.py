@@ -1,8 +1,24 @@
-"""Save nested training state (state dicts, optimizer states, RNG states, numpy arrays) without pickle.
+"""The on-disk form of a training checkpoint: nested state without pickle, and the layout of its files.
 
 Tensors and arrays go to one safetensors file; the structure around them (dicts with int or str keys,
 lists, tuples, numbers, strings) goes to a JSON file that names each tensor by key. Loading never executes
 code from disk, unlike ``torch.load`` of an arbitrary pickle.
+
+A checkpoint directory holds one such pair per part::
+
+    model            encoder + heads (+ prototype network) state dict             written by rank 0
+    optimizer        AdamW state of the dense parameters                          rank 0
+    trainer          loop state: epoch, step, batch plan, clusters, shortlists    rank 0
+    labels           label-level scoring state: labels without training positives,
+                     the free-vector cluster of each label (PRIME)                rank 0
+    table-rankNNNN   the classifier rows a worker owns (+ SparseAdam moments)     every rank
+    free-rankNNNN    the prototype free vectors a worker owns (+ moments)         every rank
+    centroids-rankNNNN  the label centroids a worker owns                         every rank
+    rng-rankNNNN     every random generator of a worker                           every rank
+
+Sharded parts record which rows they hold (``owned``), so they can be read back by any number of workers.
+Training (:mod:`xmc.training.checkpoint`) writes and restores all of it; inference
+(:mod:`xmc.scoring`) reads only model, labels and the row shards.
 """
 
 from __future__ import annotations
@@ -16,7 +32,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from xmc.config import ConfigError
 from xmc.io import atomic_path
+
+CHECKPOINT_PREFIX = "checkpoint_"
+MODEL, OPTIMIZER, LOOP, LABELS = "model", "optimizer", "trainer", "labels"
 
 
 def flatten(obj: Any, tensors: dict[str, torch.Tensor], path: str = "s") -> Any:
@@ -97,3 +117,60 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def shard_name(part: str, rank: int) -> str:
+    """File stem of one worker's shard of a sharded part (``table``, ``free``, ``centroids``, ``rng``)."""
+    return f"{part}-rank{rank:04d}"
+
+
+def has_state(directory: str | os.PathLike, name: str) -> bool:
+    return (Path(directory) / f"{name}.json").is_file()
+
+
+def read_rows(directory: str | os.PathLike, part: str, keys: tuple[str, ...], num_rows: int, owned: np.ndarray
+              ) -> dict[str, torch.Tensor]:
+    """Rows ``owned`` of a sharded part, whatever the number of workers that wrote it.
+
+    Every saved shard lists its rows in ``owned``; the rows this reader owns are picked out of each shard, so
+    memory holds the reader's rows (and one saved shard at a time), never all ``num_rows``. Returns float32
+    tensors per key of ``keys`` that every shard holds, plus the shards' ``step`` when saved.
+    """
+    paths = sorted(Path(directory).glob(f"{part}-rank*.json"))
+    if not paths:
+        raise FileNotFoundError(f"{directory}: no {part}-rank*.json shards")
+    position = np.full(num_rows, -1, dtype=np.int64)
+    position[owned] = np.arange(len(owned))
+    out: dict[str, torch.Tensor] = {}
+    found = np.zeros(len(owned), dtype=bool)
+    for path in paths:
+        shard = load_state(directory, path.stem)
+        target = position[np.asarray(shard["owned"], dtype=np.int64)]
+        keep = target >= 0
+        for key in keys:
+            if key not in shard:
+                continue
+            values = shard[key].float()
+            if key not in out:
+                out[key] = torch.zeros(len(owned), values.shape[1])
+            out[key][torch.from_numpy(target[keep])] = values[torch.from_numpy(np.flatnonzero(keep))]
+        if "step" in shard:
+            out["step"] = shard["step"]
+        found[target[keep]] = True
+    if not found.all():
+        raise ValueError(f"{directory}: the {part} shards miss {int((~found).sum())} of this worker's rows")
+    return out
+
+
+def find_checkpoint(run_dir: str | os.PathLike, name: str = "") -> Path:
+    """The run's checkpoint directory ``name``, or its latest (names sort by epoch, then step)."""
+    run_dir = Path(run_dir)
+    found = sorted(p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and has_state(p, MODEL))
+    if name:
+        match = [p for p in found if p.name == name]
+        if not match:
+            raise ConfigError(f"checkpoint: {name!r} not in {run_dir}; found {[p.name for p in found]}")
+        return match[0]
+    if not found:
+        raise ConfigError(f"--run: {run_dir} holds no checkpoint; expected a run directory of jobs/train.py")
+    return found[-1]

@@ -15,8 +15,9 @@ T = TypeVar("T")
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument("--config", required=required, action="append", metavar="FILE.yaml",
-                        help="YAML config (may include dataset/method files); repeat to merge several in order, "
-                             "e.g. --config configs/datasets/reuters-21578.yaml --config configs/methods/prime.yaml")
+                        help="YAML config (may include dataset/method files); repeat to merge several in "
+                             "order, e.g. --config configs/datasets/reuters-21578.yaml "
+                             "--config configs/methods/prime.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (repeatable), e.g. --set train.epochs=3")
 

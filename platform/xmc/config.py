@@ -127,14 +127,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
-        errors = []
         for option in options:
             if option is type(None):
                 continue
             try:
                 return _convert(value, option, key)
-            except ConfigError as err:
-                errors.append(err)
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value in get_args(tp):
@@ -223,8 +222,8 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def load_config(cls: type[T], path: str | os.PathLike | list | None = None, overrides: list[str] | None = None,
-                base: dict | None = None) -> T:
+def load_config(cls: type[T], path: str | os.PathLike | list | None = None,
+                overrides: list[str] | None = None, base: dict | None = None) -> T:
     """Load ``cls`` from YAML file(s) (with includes; several are merged in order) and ``--set`` overrides."""
     data = dict(base or {})
     paths = path if isinstance(path, (list, tuple)) else ([] if path is None else [path])

@@ -1,5 +1,11 @@
-"""Collectives the loop needs beyond DDP's gradient averaging. With one process they are no-ops, so the
-same per-worker code runs unchanged on 1 or N workers."""
+"""Collectives beyond DDP's gradient averaging, and how work is split between workers.
+
+With one process every collective is a no-op, so the same per-worker code runs unchanged on 1 or N workers.
+Two ways of splitting exist, for two needs: :func:`my_share` (contiguous, sizes differ by at most one) for
+work whose results are gathered back in order, and :func:`equal_share` (every worker the same count,
+padded by wrapping around) where every worker must run the same forward/backward shape, as DDP's gradient
+averaging assumes. Label ownership of the sharded tables (``label % world``) lives with the tables.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +24,6 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
 def mean_over_workers(value: float, device: torch.device | str = "cpu") -> float:
     """The mean of a scalar over workers (the loss each worker computed on its share of the batch)."""
     if not is_distributed():
@@ -32,9 +33,25 @@ def mean_over_workers(value: float, device: torch.device | str = "cpu") -> float
     return float(tensor.item()) / dist.get_world_size()
 
 
+def share_sizes(count: int, world_size: int) -> list[int]:
+    """Sizes of the contiguous shares of ``count`` items (:func:`my_share`), worker by worker."""
+    return [len(part) for part in np.array_split(np.arange(count), world_size)]
+
+
 def my_share(rows: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """This worker's contiguous share of ``rows`` (shares differ in size by at most one)."""
     return np.array_split(rows, world_size)[rank]
+
+
+def equal_share(count: int, rank: int, world_size: int) -> np.ndarray:
+    """Positions ``0..count-1`` this worker takes when every worker must take the same number: the positions
+    are padded by wrapping around to a multiple of the world size (as torch's DistributedSampler does), then
+    split into contiguous blocks, so concatenating the blocks in rank order and cutting at ``count`` restores
+    the original order."""
+    if world_size == 1:
+        return np.arange(count)
+    per_worker = -(-count // world_size)
+    return np.resize(np.arange(count), per_worker * world_size)[rank * per_worker:(rank + 1) * per_worker]
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -2,6 +2,9 @@
 
 ``configs/*.yaml`` files fill it (datasets and methods are separate files pulled in with ``include:``);
 each job reads the sections it needs, so one file drives prepare, train, evaluate and export alike.
+
+Like every ``config`` module, this one holds plain dataclasses and imports only other config modules, so
+any layer may read a run's configuration without importing the code of the layers it configures.
 """
 
 from __future__ import annotations
@@ -13,8 +16,7 @@ from xmc.evaluation.config import EvalConfig
 from xmc.losses.config import LossConfig
 from xmc.mining.config import MiningConfig
 from xmc.models.config import EncoderConfig, HeadsConfig
-from xmc.training.config import RunSection, TrainConfig
-from xmc.training.pool import PoolConfig
+from xmc.training.config import PoolConfig, RunSection, TrainConfig
 
 
 @dataclass(kw_only=True)
@@ -31,8 +33,8 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         if self.pool.all_labels and (self.model.classifier or self.model.prototypes):
-            raise ValueError("pool.all_labels trains the dual encoder alone (DEXML): set model.classifier and "
-                             "model.prototypes to false")
+            raise ValueError("pool.all_labels trains the dual encoder alone (DEXML): "
+                             "set model.classifier and model.prototypes to false")
         if self.eval.split == "validation" and self.dataset.validation_fraction <= 0:
             raise ValueError("eval.split is 'validation' but dataset.validation_fraction is 0")
         if self.model.prototypes and self.model.de_dim and self.model.de_dim % self.model.lpn_heads:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-
-from xmc.evaluation.propensity import DEFAULT_A, DEFAULT_B
 
 TextFields = Literal["title", "title+content"]
+
+#: Propensity constants A, B of datasets outside the Amazon and Wikipedia families (Jain et al., 2016).
+DEFAULT_A = 0.55
+DEFAULT_B = 1.5
 
 
 @dataclass(kw_only=True)
@@ -48,12 +49,3 @@ class DatasetConfig:
             raise ValueError(f"dataset.max_len must be >= 2, got {self.max_len}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"dataset.validation_fraction must be in [0, 1), got {self.validation_fraction}")
-
-
-def split_validation(rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(train_rows, validation_rows)``: a fixed random hold-out of ``fraction`` of ``rows`` (both sorted)."""
-    if fraction <= 0:
-        return rows, rows[:0]
-    count = max(1, int(round(len(rows) * fraction)))
-    held = np.sort(np.random.default_rng(seed).choice(rows, count, replace=False))
-    return np.setdiff1d(rows, held), held

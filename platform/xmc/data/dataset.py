@@ -12,10 +12,8 @@ import scipy.sparse as sp
 
 from xmc.data.errors import DataError
 from xmc.data.prepare import MANIFEST, SCHEMA_VERSION, read_manifest
+from xmc.data.propensity import inverse_propensity
 from xmc.data.tokens import TokenCache, ensure_token_cache, iter_texts
-from xmc.evaluation.propensity import inverse_propensity
-
-SPLITS = ("train", "test")
 
 
 class PreparedDataset:
@@ -25,12 +23,12 @@ class PreparedDataset:
         self.directory = Path(directory)
         manifest = read_manifest(self.directory)
         if manifest is None:
-            raise DataError(self.directory / MANIFEST, None, "missing or unreadable; expected a dataset prepared "
-                                                             "by jobs/prepare.py")
+            raise DataError(self.directory / MANIFEST, None,
+                            "missing or unreadable; expected a dataset prepared by jobs/prepare.py")
         if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise DataError(self.directory / MANIFEST, None, f"schema version {manifest.get('schema_version')} "
-                                                             f"but this code reads {SCHEMA_VERSION}; rerun "
-                                                             "jobs/prepare.py")
+            raise DataError(self.directory / MANIFEST, None,
+                            f"schema version {manifest.get('schema_version')} but this code reads "
+                            f"{SCHEMA_VERSION}; rerun jobs/prepare.py")
         self.manifest = manifest
         self.name: str = manifest["name"]
         self.num_labels: int = int(manifest["counts"]["labels"])

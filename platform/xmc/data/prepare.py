@@ -87,12 +87,14 @@ def detect_layout(source: Path) -> SourceLayout:
         needed = [*SPARSE_FILES.values(), *SPARSE_TEXTS.values()]
         for name in needed:
             if not (source / name).is_file():
-                raise DataError(source / name, None, f"file not found; the sparse layout needs {', '.join(needed)}")
+                raise DataError(source / name, None,
+                                f"file not found; the sparse layout needs {', '.join(needed)}")
         return SourceLayout("xc-sparse", source / SPARSE_TEXTS["labels"],
                             {s: source / SPARSE_FILES[s] for s in ("train", "test")},
                             {s: source / SPARSE_TEXTS[s] for s in ("train", "test")}, filters)
     raise DataError(source, None, f"no XMC data found; expected {', '.join(LF_FILES.values())} (LF raw-text "
-                                  f"layout) or {', '.join(SPARSE_FILES.values())} with raw/*.txt (sparse layout)")
+                                  f"layout) or {', '.join(SPARSE_FILES.values())} with raw/*.txt "
+                                  "(sparse layout)")
 
 
 def source_fingerprint(layout: SourceLayout) -> dict[str, dict]:
@@ -211,7 +213,8 @@ def prepare_dataset(source: str | os.PathLike, out: str | os.PathLike, allow_emp
                   for split in ("train", "test")}
         filters = {}
         for split, path in layout.filters.items():
-            filters[split] = _write_filter(path, splits[split]["points"], num_labels, tmp / f"filter_{split}.parquet")
+            filters[split] = _write_filter(path, splits[split]["points"], num_labels,
+                                           tmp / f"filter_{split}.parquet")
         files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {
@@ -219,8 +222,8 @@ def prepare_dataset(source: str | os.PathLike, out: str | os.PathLike, allow_emp
             "name": source.name,
             "format": layout.kind,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "counts": {"train": splits["train"]["points"], "test": splits["test"]["points"], "labels": num_labels,
-                       **{f"filter_{s}": n for s, n in filters.items()}},
+            "counts": {"train": splits["train"]["points"], "test": splits["test"]["points"],
+                       "labels": num_labels, **{f"filter_{s}": n for s, n in filters.items()}},
             "splits": splits,
             "options": options,
             "source": {"dir": str(source.resolve()), "files": fingerprint},

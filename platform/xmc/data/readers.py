@@ -50,7 +50,8 @@ class PointChunk:
     def __len__(self) -> int:
         return len(self.uid)
 
-    def append(self, uid: str, title: str, content: str, ids: list[int], rel: list[float], lineno: int) -> None:
+    def append(self, uid: str, title: str, content: str, ids: list[int], rel: list[float],
+               lineno: int) -> None:
         if len(set(ids)) != len(ids):
             ids, rel = _merge_duplicates(ids, rel)
             self.duplicate_lines.append(lineno)
@@ -91,16 +92,11 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
             for lineno, line in enumerate(handle, start=1):
                 yield lineno, line.rstrip("\n").rstrip("\r")
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
-        raise DataError(path, lineno + 1, f"unreadable gzip data ({err}); expected a complete gzip file") from None
+        raise DataError(path, lineno + 1,
+                        f"unreadable gzip data ({err}); expected a complete gzip file") from None
     except UnicodeDecodeError as err:
-        raise DataError(path, lineno + 1, f"not valid UTF-8 text ({err.reason} at byte {err.start})") from None
-
-
-def count_lines(path: Path) -> int:
-    count = 0
-    for count, _ in iter_lines(path):
-        pass
-    return count
+        raise DataError(path, lineno + 1,
+                        f"not valid UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -134,7 +130,8 @@ def _label_index(value, num_labels: int, path: Path, lineno: int, what: str) -> 
         raise DataError(path, lineno, f"{what} {value!r} is not an integer; expected a label index in "
                                       f"[0, {num_labels})")
     if value < 0:
-        raise DataError(path, lineno, f"{what} {value} is negative; expected a label index in [0, {num_labels})")
+        raise DataError(path, lineno, f"{what} {value} is negative; expected a label index in "
+                                      f"[0, {num_labels})")
     if value >= num_labels:
         raise DataError(path, lineno, f"{what} {value} is out of range; expected a label index in "
                                       f"[0, {num_labels}) ({num_labels} labels in the label file)")
@@ -180,7 +177,8 @@ def read_lf_labels(path: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS, allow_empty
     chunk = LabelChunk()
     for lineno, line in iter_lines(path):
         if not line.strip():
-            raise DataError(path, lineno, "empty line; expected one JSON object per label (line i is label i)")
+            raise DataError(path, lineno,
+                            "empty line; expected one JSON object per label (line i is label i)")
         obj = _json_object(line, path, lineno)
         if "uid" not in obj:
             raise DataError(path, lineno, "missing field 'uid'")
@@ -215,7 +213,8 @@ def read_lf_points(path: Path, num_labels: int, chunk_rows: int = DEFAULT_CHUNK_
             raise DataError(path, lineno, "missing field 'target_ind'; expected a list of label indices")
         raw_ids = obj["target_ind"]
         if not isinstance(raw_ids, list):
-            raise DataError(path, lineno, f"field 'target_ind' must be a list of label indices, got {raw_ids!r}")
+            raise DataError(path, lineno,
+                            f"field 'target_ind' must be a list of label indices, got {raw_ids!r}")
         ids = [_label_index(v, num_labels, path, lineno, "target_ind value") for v in raw_ids]
         raw_rel = obj.get("target_rel")
         if raw_rel is None:
@@ -248,8 +247,8 @@ def read_sparse_header(path: Path) -> tuple[int, int]:
     raise DataError(path, 1, "empty file; expected a 'num_rows num_labels' header")
 
 
-def read_text_lines(path: Path, what: str, chunk_rows: int = DEFAULT_CHUNK_ROWS, allow_empty_text: bool = False
-                    ) -> Iterator[list[str]]:
+def read_text_lines(path: Path, what: str, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                    allow_empty_text: bool = False) -> Iterator[list[str]]:
     """Texts, one per line (the sparse layout's ``raw/*.txt``); empty ones only with ``allow_empty_text``."""
     chunk: list[str] = []
     for lineno, line in iter_lines(path):
@@ -269,7 +268,8 @@ def read_sparse_labels(text_path: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS, al
     """Labels of ``raw/Y.txt``: uid = the 0-based line number."""
     row = 0
     for texts in read_text_lines(text_path, "label", chunk_rows, allow_empty_text):
-        chunk = LabelChunk(uid=[str(row + i) for i in range(len(texts))], title=texts, content=[""] * len(texts))
+        chunk = LabelChunk(uid=[str(row + i) for i in range(len(texts))], title=texts,
+                           content=[""] * len(texts))
         row += len(texts)
         yield chunk
 
@@ -314,8 +314,8 @@ def read_sparse_points(matrix_path: Path, text_path: Path, num_labels: int,
         ids, rel = _parse_sparse_row(line, num_labels, matrix_path, lineno)
         text = next(texts, None)
         if text is None:
-            raise DataError(text_path, row + 1, f"missing text: {matrix_path.name} has more rows than this file "
-                                                "has lines; expected one text per row")
+            raise DataError(text_path, row + 1, f"missing text: {matrix_path.name} has more rows than this "
+                                                "file has lines; expected one text per row")
         chunk.append(str(row), text, "", ids, rel, lineno)
         row += 1
         if len(chunk) >= chunk_rows:
@@ -325,8 +325,8 @@ def read_sparse_points(matrix_path: Path, text_path: Path, num_labels: int,
         raise DataError(matrix_path, row + 2, f"file ends after {row} rows but the header says {num_rows}; "
                                               "expected as many rows as the header")
     if next(texts, None) is not None:
-        raise DataError(text_path, row + 1, f"more lines than the {row} rows of {matrix_path.name}; expected one "
-                                            "text per row")
+        raise DataError(text_path, row + 1, f"more lines than the {row} rows of {matrix_path.name}; "
+                                            "expected one text per row")
     if len(chunk):
         yield chunk
 
@@ -352,7 +352,8 @@ def read_filter_pairs(path: Path, num_rows: int, num_labels: int) -> tuple[array
         if not 0 <= row < num_rows:
             raise DataError(path, lineno, f"row {row} is out of range; expected a row in [0, {num_rows})")
         if not 0 <= label < num_labels:
-            raise DataError(path, lineno, f"label {label} is out of range; expected a label in [0, {num_labels})")
+            raise DataError(path, lineno,
+                            f"label {label} is out of range; expected a label in [0, {num_labels})")
         rows.append(row)
         labels.append(label)
     return rows, labels

@@ -13,6 +13,7 @@ Several Ray workers may ask for the same cache at once: a file lock makes one bu
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -31,6 +32,36 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "test", "labels")
 _BATCH = 4096
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def tokenizer_id(model_dir: Path) -> str:
+    """Short stable id of a tokenizer: directory name plus a hash of its vocabulary/config files."""
+    digest = hashlib.sha256()
+    for name in _TOKENIZER_FILES:
+        path = model_dir / name
+        if path.is_file():
+            digest.update(name.encode())
+            digest.update(path.read_bytes())
+    name = model_dir.parent.name if model_dir.name == "model" else model_dir.name  # the packaged default
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return f"{slug}-{digest.hexdigest()[:10]}"
+
+
+def load_tokenizer(model_dir: Path):
+    """The model directory's (fast) tokenizer; never downloads."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
+
+
+def tokenize_texts(tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids int32 [n, max_len], lengths int32 [n])``: the token-cache layout, for texts not in a cache."""
+    enc = tokenizer(texts, truncation=True, max_length=max_len, padding="max_length", return_tensors="np")
+    return enc["input_ids"].astype(np.int32), enc["attention_mask"].sum(axis=1).astype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -116,7 +147,8 @@ def _tokenize_split(tokenizer, parquet_path: Path, fields: str, max_len: int, ou
     lengths = np.lib.format.open_memmap(out_dir / f"{split}.len.npy", mode="w+", dtype=np.int32,
                                         shape=(num_rows,))
     start = 0
-    with tqdm(total=num_rows, desc=f"tokenize {split}", unit="text", disable=not progress, mininterval=2.0) as bar:
+    with tqdm(total=num_rows, desc=f"tokenize {split}", unit="text", disable=not progress,
+              mininterval=2.0) as bar:
         for texts in iter_texts(parquet_path, fields):
             enc = tokenizer(texts, truncation=True, max_length=max_len, padding="max_length",
                             return_attention_mask=True, return_tensors="np")
@@ -134,8 +166,6 @@ def _tokenize_split(tokenizer, parquet_path: Path, fields: str, max_len: int, ou
 def ensure_token_cache(dataset_dir: str | os.PathLike, model_dir: Path, max_len: int, query_text: str,
                        label_text: str, progress: bool = True) -> TokenCache:
     """Open the cache for these settings, building it first if it does not exist yet."""
-    from xmc.models.encoder import load_tokenizer, tokenizer_id
-
     dataset_dir = Path(dataset_dir)
     spec = TokenCacheSpec(tokenizer_id(model_dir), max_len, query_text, label_text)
     final = dataset_dir / "tokens" / spec.key
@@ -153,6 +183,6 @@ def ensure_token_cache(dataset_dir: str | os.PathLike, model_dir: Path, max_len:
                                                 tmp, split, progress)
             write_json(tmp / "meta.json", {"tokenizer": spec.tokenizer_id, "model_dir": str(model_dir),
                                            "max_len": max_len, "query_text": query_text,
-                                           "label_text": label_text, "pad_id": int(tokenizer.pad_token_id or 0),
-                                           "counts": counts})
+                                           "label_text": label_text,
+                                           "pad_id": int(tokenizer.pad_token_id or 0), "counts": counts})
     return TokenCache(final)

@@ -1,2 +1,3 @@
-"""Evaluation: XMC metrics (:mod:`.metrics`), propensities (:mod:`.propensity`), prediction files
-(:mod:`.predictions`), the dataset evaluator (:mod:`.evaluator`) and predictors (:mod:`.predictor`)."""
+"""Evaluation: XMC metrics (:mod:`.metrics`), prediction files (:mod:`.predictions`), top-k retrieval and
+the zero-shot baseline (:mod:`.retrieval`), the dataset evaluator (:mod:`.evaluator`) and the choice of
+the fused-score settings on a validation hold-out (:mod:`.calibration`)."""

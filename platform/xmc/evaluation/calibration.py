@@ -1,87 +1,40 @@
-"""Post-hoc score calibration, chosen on the validation hold-out (never on the test split).
+"""Choose a trained run's fused-score settings on its validation hold-out (``jobs/calibrate.py``).
 
-A trained model ranks label ``l`` for query ``q`` by::
-
-    score(q, l) = de_weight · cos_DE(q, l) + cos_CLF(q, l) + cold_start_offset · [l has no training positive]
-
-Training fixes neither number well. The two heads are trained by separate losses, so their equal weight at
-inference is a convention, not an optimum. Labels that no training query is tagged with ("cold-start" labels)
-only ever enter a pool as negatives, so both heads learn to rank them below the labels they saw as positives.
-On data where queries often are about such labels that is a label shift: on wordnet-reverse-dictionary 60% of
-test positives (and 61% of the positives of a 5% validation hold-out) have no training query. An additive
-offset for those labels is the logit adjustment that undoes the shift (Menon et al., "Long-tail learning via
-logit adjustment", ICLR 2021), with its size measured instead of assumed.
-
-Both numbers (and ``model.clf_untrained``) are picked by grid search on the validation hold-out of a run
-trained with ``dataset.validation_fraction > 0``: its held-out queries see the same cold-start situation the
-test split does, and choosing there keeps the test split untouched (``jobs/calibrate.py``).
-
-The offset folds into the label index as one extra column (``offset`` for cold-start labels, 0 otherwise)
-with a constant 1 appended to every query, so exact and ANN inner-product search, exported bundles and
-Serve all rank by the calibrated score with no change to the search code.
+The fused score and how it folds into one inner product are :mod:`xmc.scoring.fusion`'s; this module
+searches its settings. The run must have been trained with ``dataset.validation_fraction > 0``: those points
+never entered its batches, shortlists, clusters or label counts, so a label whose only positives are held
+out is a cold-start label to the model, as test-only labels are. Every grid point of
+:class:`~xmc.evaluation.config.CalibrateConfig` is scored with the project's metrics on the hold-out; the
+best one by ``metric`` is written to the run's ``calibration.json``, which ``jobs/export.py`` applies. The
+test split is never read.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, fields
+import json
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from xmc.config import ConfigError
+from xmc.evaluation.config import CalibrateConfig
+from xmc.evaluation.evaluator import evaluate_predictions
+from xmc.evaluation.metrics import REPORTED_METRICS
+from xmc.io import write_json
+from xmc.scoring.fusion import SETTINGS, Calibration
+from xmc.scoring.run import TrainedRun
 
-@dataclass(frozen=True)
-class Calibration:
-    """One point of the grid: the settings of :class:`xmc.models.config.HeadsConfig` it stands for."""
-
-    de_weight: float = 1.0
-    cold_start_offset: float = 0.0
-    clf_untrained: str = "table"
-
-
-#: The :class:`xmc.models.config.HeadsConfig` fields a calibration sets (the keys of calibration.json's "selected").
-SETTINGS = tuple(field.name for field in fields(Calibration))
-
-
-def apply(heads, chosen: dict) -> None:
-    """Set a calibration (a mapping with every name of :data:`SETTINGS`) on a ``HeadsConfig``."""
-    for name in SETTINGS:
-        setattr(heads, name, chosen[name])
-
-
-def has_offset_column(cold_start_offset: float) -> bool:
-    """Whether label and query vectors carry the offset column (only when the offset is non-zero, so a
-    model without one keeps the plain ``[DE ; CLF]`` layout)."""
-    return cold_start_offset != 0.0
-
-
-def label_vectors(de: np.ndarray, clf: np.ndarray | None, cold_start: np.ndarray, de_weight: float,
-                  cold_start_offset: float) -> np.ndarray:
-    """``[de_weight · DE ; CLF ; offset column]`` float32 label vectors (the CLF block only with a classifier).
-
-    ``cold_start`` holds the ids of the labels without training positives.
-    """
-    blocks = [np.asarray(de, dtype=np.float32) * np.float32(de_weight)]
-    if clf is not None:
-        blocks.append(np.asarray(clf, dtype=np.float32))
-    if has_offset_column(cold_start_offset):
-        column = np.zeros((len(de), 1), dtype=np.float32)
-        column[np.asarray(cold_start, dtype=np.int64)] = cold_start_offset
-        blocks.append(column)
-    return np.ascontiguousarray(np.concatenate(blocks, axis=1))
-
-
-def query_vectors(queries: np.ndarray, cold_start_offset: float) -> np.ndarray:
-    """Queries ``[q_DE ; q_CLF]`` with the constant 1 that meets the labels' offset column, when there is one."""
-    queries = np.asarray(queries, dtype=np.float32)
-    if not has_offset_column(cold_start_offset):
-        return queries
-    return np.ascontiguousarray(np.concatenate([queries, np.ones((len(queries), 1), np.float32)], axis=1))
+CALIBRATION_FILE = "calibration.json"
 
 
 def grid_topk(query_de: np.ndarray, query_clf: np.ndarray | None, labels_de: np.ndarray,
-              labels_clf_table: np.ndarray | None, untrained_text_clf: np.ndarray | None, cold_start: np.ndarray,
-              grid: list[Calibration], k: int, chunk: int = 512, device: torch.device | None = None
+              labels_clf_table: np.ndarray | None, untrained_text_clf: np.ndarray | None,
+              cold_start: np.ndarray, grid: list[Calibration], k: int, chunk: int = 512,
+              device: torch.device | None = None
               ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Exact top-``k`` ``(indices, scores)`` of every grid point, from one pass of matrix products.
 
@@ -92,20 +45,19 @@ def grid_topk(query_de: np.ndarray, query_clf: np.ndarray | None, labels_de: np.
     table rows of all labels.
     """
     device = device or torch.device("cpu")
-    de = torch.from_numpy(np.asarray(labels_de, dtype=np.float32)).to(device)
-    table = None if labels_clf_table is None else torch.from_numpy(
-        np.asarray(labels_clf_table, dtype=np.float32)).to(device)
-    text = None if untrained_text_clf is None else torch.from_numpy(
-        np.asarray(untrained_text_clf, dtype=np.float32)).to(device)
+
+    def on_device(array: np.ndarray | None) -> torch.Tensor | None:
+        return None if array is None else torch.from_numpy(np.asarray(array, dtype=np.float32)).to(device)
+
+    de, table, text = on_device(labels_de), on_device(labels_clf_table), on_device(untrained_text_clf)
     cold = torch.from_numpy(np.asarray(cold_start, dtype=np.int64)).to(device)
-    out_indices = [[] for _ in grid]
-    out_scores = [[] for _ in grid]
+    out_indices: list[list[np.ndarray]] = [[] for _ in grid]
+    out_scores: list[list[np.ndarray]] = [[] for _ in grid]
     for start in range(0, len(query_de), chunk):
-        q_de = torch.from_numpy(np.asarray(query_de[start:start + chunk], dtype=np.float32)).to(device)
-        s_de = q_de @ de.T
+        s_de = on_device(query_de[start:start + chunk]) @ de.T
         s_table = s_text = None
         if table is not None:
-            q_clf = torch.from_numpy(np.asarray(query_clf[start:start + chunk], dtype=np.float32)).to(device)
+            q_clf = on_device(query_clf[start:start + chunk])
             s_table = q_clf @ table.T
             if text is not None and len(cold):
                 s_text = q_clf @ text.T
@@ -129,10 +81,88 @@ def make_grid(de_weights: list[float], offsets: list[float], clf_untrained: list
     return [Calibration(w, o, c) for c, w, o in itertools.product(clf_untrained, de_weights, offsets)]
 
 
-def select(results: list[tuple[Calibration, dict[str, float]]], metric: str) -> tuple[Calibration, dict[str, float]]:
+def select(results: list[tuple[Calibration, dict[str, float]]],
+           metric: str) -> tuple[Calibration, dict[str, float]]:
     """The grid point with the highest ``metric`` (the first one on ties)."""
     if not results:
         raise ValueError("calibration grid is empty")
     if metric not in results[0][1]:
         raise ValueError(f"metric {metric!r} not among {sorted(results[0][1])}")
     return max(results, key=lambda item: item[1][metric])
+
+
+def calibrate_run(run_dir: str | os.PathLike, config: CalibrateConfig) -> dict:
+    """Search the grid on ``run_dir``'s validation hold-out; write and return the calibration record."""
+    if config.metric not in REPORTED_METRICS:
+        raise ConfigError(f"metric: {config.metric!r} is not one of {', '.join(REPORTED_METRICS)}")
+    run = TrainedRun.open(run_dir, config.checkpoint)
+    if run.config.dataset.validation_fraction <= 0:
+        raise ConfigError(f"--run: {run.directory} has no validation hold-out to calibrate on; train it with "
+                          f"--set dataset.validation_fraction=0.05 (or more)")
+    started = time.perf_counter()
+    scoring = run.scoring_model()
+    scoring.heads.clf_untrained = "table"  # the table rows; the grid swaps in the text rows itself
+    heads = scoring.head_vectors()
+    classifier = heads.clf is not None
+    cold = scoring.cold_start
+    untrained_text = scoring.untrained_text_vectors() if classifier and len(cold) else None
+    rows = run.split.validation_rows
+    queries = scoring.query_head_vectors(run.token_cache().arrays("train"), rows)
+    grid = make_grid(config.de_weights if classifier else [1.0], config.cold_start_offsets,
+                     config.clf_untrained if classifier else ["table"])
+    d = scoring.de_dim
+    predictions = grid_topk(queries[:, :d], queries[:, d:] if classifier else None, heads.de, heads.clf,
+                            untrained_text, cold, grid, config.top_k, device=scoring.device)
+    data = run.config.dataset
+    results = []
+    for point, (indices, scores) in zip(grid, predictions):
+        metrics = evaluate_predictions(run.dataset, indices, scores, data.propensity_a, data.propensity_b,
+                                       split="train", rows=rows, train_rows=run.split.propensity_rows)
+        # how often a cold-start label is ranked first: what the offset trades against the trained labels
+        metrics["top1_cold_start"] = round(100 * float(np.isin(indices[:, 0], cold).mean()), 4)
+        results.append((point, metrics))
+    best, best_metrics = select(results, config.metric)
+    record = {
+        "checkpoint": run.checkpoint.name,
+        "metric": config.metric,
+        "selected": vars(best),
+        "validation": best_metrics,
+        "validation_points": int(len(rows)),
+        "cold_start_labels": int(len(cold)),
+        "validation_positives_on_cold_start_labels": round(cold_start_share(run.dataset, rows, cold), 4),
+        "grid": [{**vars(point), **metrics} for point, metrics in results],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json(run.directory / CALIBRATION_FILE, record)
+    return record
+
+
+def cold_start_share(dataset, rows: np.ndarray, cold_start: np.ndarray) -> float:
+    """The fraction of the hold-out's positives that are cold-start labels (how much the offset can
+    matter)."""
+    truth = dataset.label_matrix("train")[rows]
+    if truth.nnz == 0:
+        return 0.0
+    return float(np.isin(truth.indices, cold_start).mean())
+
+
+def read_calibration(run_dir: str | os.PathLike, checkpoint: str) -> dict | None:
+    """The run's ``calibration.json`` selection for the checkpoint named ``checkpoint``, or None when the run
+    has none.
+
+    A calibration chosen for another checkpoint is an error rather than silently reused: the scores of a
+    different checkpoint need their own choice (rerun ``jobs/calibrate.py``, or export with calibration=off).
+    """
+    path = Path(run_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        chosen, calibrated = record["selected"], record["checkpoint"]
+        chosen = {key: chosen[key] for key in SETTINGS}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: unreadable calibration ({err!r}); rerun jobs/calibrate.py") from None
+    if calibrated != checkpoint:
+        raise ConfigError(f"{path}: chosen for {calibrated}, but the export is of {checkpoint}; rerun "
+                          f"jobs/calibrate.py --run {run_dir} or export with --set calibration=off")
+    return chosen

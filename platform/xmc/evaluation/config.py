@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from xmc.mining.ann import AnnConfig
+from xmc.mining.config import AnnConfig
 
 
 @dataclass(kw_only=True)
@@ -30,7 +30,8 @@ class EvalConfig:
 
 @dataclass(kw_only=True)
 class CalibrateConfig:
-    """What ``jobs/calibrate.py`` searches on a run's validation hold-out (see :mod:`xmc.evaluation.calibration`).
+    """What ``jobs/calibrate.py`` searches on a run's validation hold-out (see
+    :mod:`xmc.evaluation.calibration`).
 
     Args:
         checkpoint: checkpoint directory name in the run ("" = the latest).
@@ -45,7 +46,8 @@ class CalibrateConfig:
     checkpoint: str = ""
     metric: str = "P@1"
     de_weights: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    cold_start_offsets: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5])
+    cold_start_offsets: list[float] = field(
+        default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5])
     clf_untrained: list[str] = field(default_factory=lambda: ["table", "label_text"])
     top_k: int = 10
 

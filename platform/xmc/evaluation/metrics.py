@@ -96,14 +96,15 @@ def _best_weights(truth: sp.csr_matrix, inv_prop: np.ndarray, k: int) -> np.ndar
 def compute_metrics(indices: np.ndarray, scores: np.ndarray, truth: sp.csr_matrix, inv_prop: np.ndarray,
                     exclude: sp.csr_matrix | None = None, precision_ks: Sequence[int] = (1, 3, 5),
                     ndcg_ks: Sequence[int] = (1, 3, 5), psp_ks: Sequence[int] = (1, 3, 5),
-                    psndcg_ks: Sequence[int] = (5,), recall_ks: Sequence[int] | None = None) -> dict[str, float]:
+                    psndcg_ks: Sequence[int] = (5,),
+                    recall_ks: Sequence[int] | None = None) -> dict[str, float]:
     """All ranking metrics of one prediction, in percent.
 
     Args:
         indices: n × w label ids per test row, −1 for "no prediction"; need not be sorted.
         scores: n × w scores (higher = more relevant); ranks ``indices`` within each row.
         truth: n × L CSR matrix, non-zero where a label is relevant (relevance values are binarised).
-        inv_prop: L inverse propensities (:func:`xmc.evaluation.propensity.inverse_propensity`).
+        inv_prop: L inverse propensities (:func:`xmc.data.propensity.inverse_propensity`).
         exclude: optional n × L CSR matrix of (row, label) pairs removed before the top-k cut.
         recall_ks: defaults to (10,) plus 100 when ``w >= 100``.
     Returns:

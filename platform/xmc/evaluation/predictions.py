@@ -14,10 +14,12 @@ from xmc.io import atomic_path
 
 def save_predictions(path: str | os.PathLike, indices: np.ndarray, scores: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, indices=np.asarray(indices, dtype=np.int64), scores=np.asarray(scores, dtype=np.float32))
+        np.savez(handle, indices=np.asarray(indices, dtype=np.int64),
+                 scores=np.asarray(scores, dtype=np.float32))
 
 
-def load_predictions(path: str | os.PathLike, num_rows: int, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
+def load_predictions(path: str | os.PathLike, num_rows: int,
+                     num_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """Load and check a prediction file against the test split's size and the label count."""
     path = Path(path)
     if not path.is_file():
@@ -26,17 +28,17 @@ def load_predictions(path: str | os.PathLike, num_rows: int, num_labels: int) ->
         with np.load(path, allow_pickle=False) as npz:
             missing = {"indices", "scores"} - set(npz.files)
             if missing:
-                raise DataError(path, None, f"missing array(s) {', '.join(sorted(missing))}; expected 'indices' "
-                                            "(int64, n × k) and 'scores' (float32, n × k)")
+                raise DataError(path, None, f"missing array(s) {', '.join(sorted(missing))}; "
+                                            "expected 'indices' (int64, n × k) and 'scores' (float32, n × k)")
             indices, scores = npz["indices"], npz["scores"]
     except (zipfile.BadZipFile, ValueError, OSError) as err:
         raise DataError(path, None, f"unreadable .npz ({err})") from None
     if indices.ndim != 2 or scores.shape != indices.shape:
-        raise DataError(path, None, f"'indices' {indices.shape} and 'scores' {scores.shape} must be 2-D arrays "
-                                    "of the same shape")
+        raise DataError(path, None, f"'indices' {indices.shape} and 'scores' {scores.shape} "
+                                    "must be 2-D arrays of the same shape")
     if indices.shape[0] != num_rows:
-        raise DataError(path, None, f"{indices.shape[0]} rows but the test split has {num_rows}; expected one "
-                                    "row per test point")
+        raise DataError(path, None, f"{indices.shape[0]} rows but the test split has {num_rows}; "
+                                    "expected one row per test point")
     if not np.issubdtype(indices.dtype, np.integer):
         raise DataError(path, None, f"'indices' has dtype {indices.dtype}; expected integers (int64)")
     if not np.issubdtype(scores.dtype, np.floating):

@@ -1,4 +1,4 @@
-"""Turn embeddings into top-k predictions, and the zero-shot baseline built on it."""
+"""Top-k retrieval by inner product, and the zero-shot baseline built on it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ from xmc.data.config import DatasetConfig
 from xmc.data.dataset import PreparedDataset
 from xmc.evaluation.config import EvalConfig
 from xmc.mining.ann import build_index, search
-from xmc.models.encoder import (EncoderConfig, TextEncoder, default_device, encode_tokens, inference_dtype,
-                                normalized, resolve_model_dir)
+from xmc.models.config import EncoderConfig
+from xmc.models.encoder import (
+    TextEncoder,
+    default_device,
+    encode_tokens,
+    normalized,
+    precision_dtype,
+    resolve_model_dir,
+)
 
 
 def predict_topk(query_vectors: np.ndarray, label_vectors: np.ndarray, config: EvalConfig, device=None
@@ -27,12 +34,12 @@ def zero_shot_predict(dataset: PreparedDataset, data_config: DatasetConfig, enco
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Encode labels and ``split`` queries with the pre-trained encoder and retrieve by cosine similarity."""
     model_dir = resolve_model_dir(encoder_config.model)
-    cache = dataset.token_cache(model_dir, data_config.max_len, data_config.query_text, data_config.label_text,
-                                progress=progress)
+    cache = dataset.token_cache(model_dir, data_config.max_len, data_config.query_text,
+                                data_config.label_text, progress=progress)
     device = default_device()
     encoder = TextEncoder(model_dir, encoder_config.pooling, encoder_config.group_by_length).to(device).eval()
     embed = normalized(encoder)
-    dtype = inference_dtype(encoder_config.dtype, device)
+    dtype = precision_dtype(encoder_config.dtype, device)
     with torch.inference_mode():
         labels = encode_tokens(embed, *cache.arrays("labels"), batch_size=encoder_config.batch_size,
                                device=device, dtype=dtype, desc="encode labels", progress=progress)

@@ -1,6 +1,7 @@
 """The export bundle: a self-describing directory that is all Serve (or offline evaluation) needs.
 
-    manifest.json        format, version, created, source run and checkpoint, config, counts, sha256 of every file
+    manifest.json        format, version, created, source run and checkpoint, config, counts,
+                         sha256 of every file
     encoder/             the fine-tuned backbone (safetensors) and its tokenizer
     heads.safetensors    the query-side heads (DE projection, classifier projection)
     labels.parquet       id, uid, text of every label
@@ -51,17 +52,18 @@ class Bundle:
         self.directory = Path(directory)
         path = self.directory / MANIFEST
         if not self.directory.is_dir():
-            raise BundleError(self.directory, "no such bundle directory; expected the --out of jobs/export.py")
+            raise BundleError(self.directory,
+                              "no such bundle directory; expected the --out of jobs/export.py")
         if not path.is_file():
-            raise BundleError(path, "missing: the bundle is partial or not a bundle (jobs/export.py writes the "
-                                    "manifest last); re-export it")
+            raise BundleError(path, "missing: the bundle is partial or not a bundle "
+                                    "(jobs/export.py writes the manifest last); re-export it")
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise BundleError(path, f"unreadable ({err}); re-export the bundle") from None
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-            raise BundleError(path, f"format {manifest.get('format')!r} v{manifest.get('format_version')}, expected "
-                                    f"{FORMAT!r} v{FORMAT_VERSION}")
+            raise BundleError(path, f"format {manifest.get('format')!r} v{manifest.get('format_version')}, "
+                                    f"expected {FORMAT!r} v{FORMAT_VERSION}")
         self.manifest = manifest
         self.version: str = manifest["version"]
         self.num_labels: int = int(manifest["counts"]["labels"])
@@ -78,15 +80,16 @@ class Bundle:
                 raise BundleError(path, "missing: the bundle is partial; re-export it")
             actual = sha256_file(path)
             if actual != expected:
-                raise BundleError(path, f"sha256 {actual[:16]}… does not match the manifest's {expected[:16]}…: "
-                                        "the file is corrupt; re-export the bundle")
+                raise BundleError(path, f"sha256 {actual[:16]}… does not match the manifest's "
+                                        f"{expected[:16]}…: the file is corrupt; re-export the bundle")
 
     def load_shard(self, shard: int):
         """The faiss index and global label ids of one shard (checksums verified)."""
         from xmc.index.shards import ShardIndex
 
         if not 0 <= shard < self.num_shards:
-            raise BundleError(self.directory, f"shard {shard} requested but the bundle has {self.num_shards} shards")
+            raise BundleError(self.directory,
+                              f"shard {shard} requested but the bundle has {self.num_shards} shards")
         self.verify(shard_dir(shard) + "/")
         return ShardIndex.load(self.directory / shard_dir(shard))
 
@@ -101,10 +104,11 @@ class Bundle:
             raise BundleError(self.directory / "labels.parquet", "ids are not 0..labels-1 in order")
         return table.column("uid").to_pylist(), table.column("text").to_pylist()
 
-    def load_query_encoder(self, device: str = "cpu"):
-        """The query tower (tokenizer, fine-tuned encoder, heads) that produces the vectors the shards index."""
-        from xmc.index.query_encoder import QueryEncoder
+    def load_query_model(self, device: str = "cpu"):
+        """The query tower (tokenizer, fine-tuned encoder, heads) that produces the vectors the shards index:
+        a :class:`~xmc.scoring.model.ScoringModel` without label state."""
+        from xmc.index.query_encoder import load_query_model
 
         self.verify("encoder/")
         self.verify("heads.safetensors")
-        return QueryEncoder(self.directory, self.manifest["query"], device=device)
+        return load_query_model(self.directory, self.manifest["query"], device=device)

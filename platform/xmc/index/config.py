@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from xmc.mining.ann import AnnConfig
+from xmc.mining.config import AnnConfig
 
 
 @dataclass(kw_only=True)
@@ -15,10 +15,9 @@ class ExportConfig:
         checkpoint: checkpoint directory name in the run to export ("" = the latest).
         ann: the faiss index built per shard: exact inner product (``flat``) below ``ann.exact_below``
             labels per shard, ``ann.large_kind`` (HNSW) above it, or ``ann.kind`` forces one; nprobe and
-            efSearch are stored in the index file. A flat scan reads every vector per query (about 30 ms
-            for 147K 768-d labels on 2 cores); HNSW answers the same queries in about 1.4 ms at recall@10
-            0.99 (``benchmarks/serve_latency.py --index-choices`` measures it on a bundle).
-        encode_batch_size: texts per forward pass when encoding labels for the index.
+            efSearch are stored in the index file. A flat scan reads every label vector for every query,
+            which large shards cannot afford at serving latency; ``benchmarks/serve_latency.py
+            --index-choices`` measures recall and latency of each kind on a bundle.
         clf_untrained: ``table`` or ``label_text`` overrides the run's ``model.clf_untrained`` (how labels
             without training data are scored on the classifier side; a scoring choice, so no retraining);
             "" keeps the run's.
@@ -33,7 +32,6 @@ class ExportConfig:
     shards: int = 1
     checkpoint: str = ""
     ann: AnnConfig = field(default_factory=lambda: AnnConfig(exact_below=50_000, large_kind="hnsw"))
-    encode_batch_size: int = 256
     clf_untrained: Literal["", "table", "label_text"] = ""
     calibration: Literal["auto", "off"] = "auto"
     de_weight: float | None = None

@@ -47,7 +47,8 @@ class LossConfig:
         if not 0.0 <= self.lambda_de <= 1.0:
             raise ValueError(f"loss.lambda_de must be in [0, 1], got {self.lambda_de}")
         if self.margin_min > self.margin_max:
-            raise ValueError(f"loss.margin_min ({self.margin_min}) must be <= loss.margin_max ({self.margin_max})")
+            raise ValueError(f"loss.margin_min ({self.margin_min}) must be <= "
+                             f"loss.margin_max ({self.margin_max})")
         if self.topk_k < 1 or self.triplet_negatives < 1:
             raise ValueError("loss.topk_k and loss.triplet_negatives must be >= 1")
         if self.triplet_tau <= 0:

@@ -24,7 +24,8 @@ def keep_one_positive(logits: torch.Tensor, targets: torch.Tensor, generator: to
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """One sampled positive per row as the target; the row's other positives masked to −inf."""
     chosen = torch.zeros_like(targets)
-    chosen[torch.arange(len(targets), device=targets.device), sample_one_positive(targets, generator=generator)] = True
+    rows = torch.arange(len(targets), device=targets.device)
+    chosen[rows, sample_one_positive(targets, generator=generator)] = True
     chosen &= targets
     return logits.masked_fill(targets & ~chosen, float("-inf")), chosen
 
@@ -36,8 +37,9 @@ def make_criterion(name: str, config: LossConfig, scale: float, generator: torch
         margin_min, margin_max = config.margins()
 
         def triplet(cos, targets, row_mask=None):
-            return dynamic_margin_triplet(cos, targets, row_mask, config.triplet_negatives, margin_min, margin_max,
-                                          config.triplet_tau, positive_weights, generator=generator)
+            return dynamic_margin_triplet(cos, targets, row_mask, config.triplet_negatives, margin_min,
+                                          margin_max, config.triplet_tau, positive_weights,
+                                          generator=generator)
         return triplet
     if name == "topk":
         def topk(cos, targets, row_mask=None):

@@ -21,7 +21,8 @@ from xmc.losses.multilabel import at_least_fp32
 _NEG_INF = float("-inf")
 
 
-def soft_topk_threshold(logits: torch.Tensor, k: torch.Tensor, alpha: float, iterations: int = 48) -> torch.Tensor:
+def soft_topk_threshold(logits: torch.Tensor, k: torch.Tensor, alpha: float,
+                        iterations: int = 48) -> torch.Tensor:
     """t [B] with ``Σ_j σ(α(s_ij + t_i)) = k_i`` (masked entries are −inf and contribute 0)."""
     finite = torch.isfinite(logits)
     low_s = torch.where(finite, logits, torch.full_like(logits, float("inf"))).amin(dim=1)
@@ -60,15 +61,16 @@ class SoftTopK(torch.autograd.Function):
         return grad_logits, None, None, None
 
 
-def soft_topk(logits: torch.Tensor, k: torch.Tensor | int, alpha: float = 2.0, iterations: int = 48) -> torch.Tensor:
+def soft_topk(logits: torch.Tensor, k: torch.Tensor | int, alpha: float = 2.0,
+              iterations: int = 48) -> torch.Tensor:
     """Soft top-k memberships π (same shape as ``logits``; −inf entries get π = 0)."""
     if not torch.is_tensor(k):
         k = torch.full((logits.shape[0],), float(k), dtype=logits.dtype, device=logits.device)
     return SoftTopK.apply(logits, k.to(logits.dtype), alpha, iterations)
 
 
-def soft_topk_loss(logits: torch.Tensor, targets: torch.Tensor, row_mask: torch.Tensor | None = None, k: int = 5,
-                   alpha: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def soft_topk_loss(logits: torch.Tensor, targets: torch.Tensor, row_mask: torch.Tensor | None = None,
+                   k: int = 5, alpha: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """-mean log π over ``min(k, n_i)`` sampled positives per row; the row's other positives are masked.
 
     Rows need more valid (unmasked) columns than their K; K is lowered to ``n_valid − 1`` otherwise (a pool

@@ -86,7 +86,8 @@ def prototype_regularizer(text_scores: torch.Tensor, proto_scores: torch.Tensor,
     ``R = ½ [mean_{>0} max(0, S^i_ip − S^f_ip + m) + mean_{>0} max(0, S^f_in − S^i_in + m)]`` with one drawn
     positive per row and the top-``num_negatives`` negatives by prototype score.
     """
-    text_scores, proto_scores, targets = at_least_fp32(text_scores), at_least_fp32(proto_scores), targets.bool()
+    text_scores, proto_scores = at_least_fp32(text_scores), at_least_fp32(proto_scores)
+    targets = targets.bool()
     rows = _rows_with_positive_and_negative(targets, row_mask)
     if not bool(rows.any()):
         return proto_scores.sum() * 0.0
@@ -96,5 +97,6 @@ def prototype_regularizer(text_scores: torch.Tensor, proto_scores: torch.Tensor,
     k = min(num_negatives, proto_scores.shape[1])
     _, negatives = proto_scores.masked_fill(targets, float("-inf")).topk(k, dim=1)
     valid = ~targets.gather(1, negatives)
-    neg_term = torch.relu(proto_scores.gather(1, negatives) - text_scores.gather(1, negatives) + margin) * valid
+    neg_gap = proto_scores.gather(1, negatives) - text_scores.gather(1, negatives)
+    neg_term = torch.relu(neg_gap + margin) * valid
     return 0.5 * (_mean_nonzero(pos_term) + _mean_nonzero(neg_term))

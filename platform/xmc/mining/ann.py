@@ -1,49 +1,21 @@
 """Maximum-inner-product search over label vectors with faiss.
 
-Exact search (``IndexFlatIP``) is the default: it is what the papers evaluate with and, below about a
-million labels, fast enough on CPU. Above ``exact_below`` vectors ``auto`` switches to IVF (k-means coarse
-quantiser, ``nprobe`` lists searched) or, if asked, HNSW. A caller working on a GPU (a training worker)
-searches there: the flat and IVF indexes move to the device with a faiss build that has GPU support (the
-``gpu`` extra); with faiss-cpu a flat index becomes :class:`TorchFlatIndex`, the same exact search as matrix
-products on the GPU, instead of the CPU cores beside it.
+Exact search (``IndexFlatIP``) is the default: it is what the papers evaluate with and, below
+``exact_below`` vectors, fast enough on CPU (measured: see benchmarks/results/). Above that ``auto``
+switches to IVF (k-means coarse quantiser, ``nprobe`` lists searched) or, if asked, HNSW. A caller
+working on a GPU (a training worker) searches there: the flat and IVF indexes move to the device with a
+faiss build that has GPU support (the ``gpu`` extra); with faiss-cpu a flat index becomes
+:class:`TorchFlatIndex`, the same exact search as matrix products on the GPU, instead of the CPU cores
+beside it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-
-@dataclass(kw_only=True)
-class AnnConfig:
-    """Which faiss index to build over label vectors.
-
-    Args:
-        kind: ``auto`` (flat below ``exact_below`` vectors, ``large_kind`` above), ``flat``, ``ivf`` or ``hnsw``.
-        exact_below: size threshold of ``auto``.
-        large_kind: what ``auto`` builds above the threshold: ``ivf`` (cheap to build: mining rebuilds it
-            every refresh) or ``hnsw`` (better recall per millisecond: serving builds it once).
-        ivf_lists: IVF inverted lists; 0 = 4·sqrt(n), capped so each list trains on >= 39 points.
-        ivf_nprobe: lists scanned per query (recall/latency knob).
-        ivf_train_per_list: k-means training points per list (faiss warns below 39; 256 is its cap).
-        hnsw_m: HNSW graph degree.
-        hnsw_ef_search: HNSW search beam (recall/latency knob).
-        use_gpu: search on the caller's GPU when it passes one (training workers do; export and serving
-            build CPU indexes).
-    """
-
-    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
-    exact_below: int = 1_000_000
-    large_kind: Literal["ivf", "hnsw"] = "ivf"
-    ivf_lists: int = 0
-    ivf_nprobe: int = 32
-    ivf_train_per_list: int = 256
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 128
-    use_gpu: bool = True
+from xmc.mining.config import AnnConfig
 
 
 def resolved_kind(config: AnnConfig, num_vectors: int) -> str:
@@ -60,12 +32,13 @@ class TorchFlatIndex:
     """
 
     def __init__(self, vectors: np.ndarray, device, max_scores: int = 1 << 27):
-        import torch  # not at module level: configs import this module, and preparing data must not load torch
+        # not at module level: preparing data imports this module and must not load torch
+        import torch
 
         self.device = torch.device(device)
         self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
         self.ntotal = len(vectors)
-        self.max_scores = max_scores  # bounds one chunk's score matrix (2**27 floats = 512 MiB)
+        self.max_scores = max_scores  # floats in one chunk's score matrix: bounds memory for any label count
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch

@@ -2,7 +2,7 @@
 
 A :class:`BatchPlan` is one epoch's sequence of batches (stored flat, with offsets, so it checkpoints as two
 arrays). Every worker builds the same plan from the same seed and takes its own slice of each global
-batch, which is what keeps 1 and N workers on the same data order.
+batch (:func:`xmc.distributed.equal_share`), which is what keeps 1 and N workers on the same data order.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class BatchPlan:
 
 
 def _chunk(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Split ``rows`` into ceil(n / batch_size) nearly equal consecutive chunks (none larger than batch_size)."""
+    """Split ``rows`` into ceil(n / batch_size) nearly equal consecutive chunks (none larger than
+    batch_size)."""
     parts = max(1, -(-len(rows) // batch_size))
     return [part for part in np.array_split(rows, parts) if len(part)]
 
@@ -57,12 +58,3 @@ def clustered_plan(clusters: list[np.ndarray], batch_size: int, rng: np.random.G
         return BatchPlan.from_batches([order[i:i + batch_size] for i in range(0, len(order), batch_size)])
     batches = [rng.permutation(chunk) for cluster in clusters for chunk in _chunk(cluster, batch_size)]
     return BatchPlan.from_batches([batches[i] for i in rng.permutation(len(batches))])
-
-
-def local_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """This worker's share of a global batch. A batch not divisible by the world size is padded by wrapping
-    around (as torch's DistributedSampler does), so every worker gets the same number of queries."""
-    if world_size == 1:
-        return batch
-    padded = np.resize(batch, -(-len(batch) // world_size) * world_size)
-    return padded[rank::world_size]

@@ -3,8 +3,37 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from xmc.mining.ann import AnnConfig
+
+@dataclass(kw_only=True)
+class AnnConfig:
+    """Which faiss index to build over label vectors.
+
+    Args:
+        kind: ``auto`` (flat below ``exact_below`` vectors, ``large_kind`` above), ``flat``, ``ivf`` or
+            ``hnsw``.
+        exact_below: size threshold of ``auto``.
+        large_kind: what ``auto`` builds above the threshold: ``ivf`` (cheap to build: mining rebuilds it
+            every refresh) or ``hnsw`` (better recall per millisecond: serving builds it once).
+        ivf_lists: IVF inverted lists; 0 = 4·sqrt(n), capped so each list trains on >= 39 points.
+        ivf_nprobe: lists scanned per query (recall/latency knob).
+        ivf_train_per_list: k-means training points per list (faiss warns below 39; 256 is its cap).
+        hnsw_m: HNSW graph degree.
+        hnsw_ef_search: HNSW search beam (recall/latency knob).
+        use_gpu: search on the caller's GPU when it passes one (training workers do; export and serving
+            build CPU indexes).
+    """
+
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    exact_below: int = 1_000_000
+    large_kind: Literal["ivf", "hnsw"] = "ivf"
+    ivf_lists: int = 0
+    ivf_nprobe: int = 32
+    ivf_train_per_list: int = 256
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+    use_gpu: bool = True
 
 
 @dataclass(kw_only=True)

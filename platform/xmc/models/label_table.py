@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmc.training.distributed import all_reduce_with_grad
+from xmc.distributed import all_reduce_with_grad
 
 
 class ShardedLabelTable(nn.Module):

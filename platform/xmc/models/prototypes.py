@@ -16,12 +16,19 @@ Retrieval then scores queries against prototypes instead of raw label-text embed
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmc.training.distributed import all_reduce_with_grad, is_distributed
+from xmc.distributed import all_reduce_with_grad, is_distributed
+from xmc.models.label_table import ShardedLabelTable
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 class LabelPrototypeNetwork(nn.Module):
@@ -88,6 +95,35 @@ class CentroidStore:
         rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         self.rows = torch.from_numpy(rows.astype(np.float32)).to(self.rows.device)
 
-    def full(self) -> torch.Tensor:
-        """All L centroids on every worker (evaluation only)."""
-        return self.lookup(torch.arange(self.num_labels, device=self.rows.device))
+
+
+class LabelPrototypes:
+    """The label-side state of PRIME's prototypes, sharded across workers like the classifier table: the
+    free vectors (one per cluster of labels with similar text; sparse rows), each label's cluster
+    (``free_of``, set once from the label texts) and the label centroids."""
+
+    def __init__(self, num_labels: int, dim: int, num_free: int, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu"):
+        self.num_labels = num_labels
+        self.free = ShardedLabelTable(num_free, dim, rank, world_size).to(device)
+        self.free_of: np.ndarray | None = None  # label -> free-vector cluster
+        self.centroids = CentroidStore(num_labels, dim, rank, world_size, device)
+
+    @staticmethod
+    def default_num_free(num_labels: int) -> int:
+        """The power of two nearest L/2: clusters of about two labels share a free vector."""
+        return 2 ** max(0, round(math.log2(max(num_labels / 2, 1))))
+
+    def set_exact_centroids(self, positives: "sp.csr_matrix", queries: np.ndarray,
+                            fallback: np.ndarray) -> None:
+        """Each owned label's centroid from all training queries tagged with it: ``positives`` is the label
+        matrix of the rows ``queries`` embeds (training queries × labels); ``fallback`` the label texts."""
+        by_label = positives[:, self.centroids.owned].T.tocsr()
+        self.centroids.set_exact(by_label, queries, fallback)
+
+    def inputs(self, label_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(free vectors, centroids)`` of ``label_ids`` on every worker (a collective: every worker calls it
+        with the same ids). The free vectors keep their graph, so the prototype loss trains them."""
+        device = self.centroids.rows.device
+        free = self.free(torch.from_numpy(self.free_of[label_ids]).to(device))
+        return free, self.centroids.lookup(torch.from_numpy(np.asarray(label_ids)).to(device))

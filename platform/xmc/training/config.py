@@ -1,4 +1,5 @@
-"""Settings of the training loop, its scaling on Ray Train, and where a run writes its outputs."""
+"""Settings of the training loop, its label pool, its scaling on Ray Train, and where a run writes its
+outputs."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ class TrainConfig:
         threads_per_worker: torch and faiss threads per worker (0 = the machine's cores divided among the
             workers); set it when several runs share one machine.
         epochs, batch_size: schedule; ``batch_size`` is global (split across workers).
-        lr: encoder learning rate; the heads get ``lr × head_lr_multiplier``, the label table ``classifier_lr``,
-            prototype free vectors ``prototype_lr``.
+        lr: encoder learning rate; the heads get ``lr × head_lr_multiplier``, the label table
+            ``classifier_lr``, prototype free vectors ``prototype_lr``.
         weight_decay: AdamW decay (not on biases and LayerNorm weights).
         warmup_epochs: linear warm-up length, then linear decay to 0 at the end.
         max_grad_norm: gradient clipping of the dense parameters (0 = off).
@@ -80,3 +81,35 @@ class RunSection:
     name: str = ""
     storage: str = "runs"
     ray_address: str = ""
+
+
+@dataclass(kw_only=True)
+class PoolConfig:
+    """How a step's label pool is built.
+
+    Args:
+        positives: sampled positives per query, or ``"all"``.
+        positive_sampling: ``uniform`` or ``inverse_propensity`` (weights 1/p_l of the dataset config).
+        hard_negatives: labels drawn per query from its shortlist (0 = none; only after mining starts).
+        fill_with_batch_positives: add the batch's unsampled positives when there is room.
+        max_size: cap on the pool size (the main compute knob).
+        all_labels: score every step against all L labels (DEXML); label embeddings are computed with
+            gradient caching in chunks of ``label_chunk`` (the other pool settings are then unused).
+        label_chunk: labels encoded per chunk in all-labels mode (activation memory knob).
+    """
+
+    positives: int | Literal["all"] = 3
+    positive_sampling: Literal["uniform", "inverse_propensity"] = "uniform"
+    hard_negatives: int = 6
+    fill_with_batch_positives: bool = True
+    max_size: int = 2048
+    all_labels: bool = False
+    label_chunk: int = 1024
+
+    def validate(self) -> None:
+        if self.positives != "all" and self.positives < 1:
+            raise ValueError(f"pool.positives must be >= 1 or 'all', got {self.positives}")
+        if self.hard_negatives < 0:
+            raise ValueError(f"pool.hard_negatives must be >= 0, got {self.hard_negatives}")
+        if self.max_size < 1:
+            raise ValueError(f"pool.max_size must be >= 1, got {self.max_size}")

@@ -2,7 +2,7 @@
 
 Three layers, as Ray's Train+Tune guide prescribes: a Tune trial (or ``jobs/train.py``) calls
 :func:`run_training`, which builds the ``TorchTrainer``, whose workers run
-:func:`xmc.training.trainer.train_loop_per_worker`. Resuming is Ray Train V2's: the same
+:func:`xmc.training.ray_worker.train_loop_per_worker`. Resuming is Ray Train V2's: the same
 ``RunConfig(name, storage_path)`` finds the run's latest checkpoint and the loop continues from it.
 """
 
@@ -52,8 +52,8 @@ def ensure_prepared(config: ExperimentConfig) -> PreparedDataset:
                               "not set; run jobs/prepare.py first")
         prepare_dataset(config.dataset.source, prepared, config.dataset.allow_empty_text)
     dataset = PreparedDataset(prepared)
-    dataset.token_cache(resolve_model_dir(config.encoder.model), config.dataset.max_len, config.dataset.query_text,
-                        config.dataset.label_text, progress=config.train.progress)
+    dataset.token_cache(resolve_model_dir(config.encoder.model), config.dataset.max_len,
+                        config.dataset.query_text, config.dataset.label_text, progress=config.train.progress)
     return dataset
 
 
@@ -82,7 +82,7 @@ def build_trainer(config: ExperimentConfig, run_dir: Path, callbacks: list | Non
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from xmc.training.trainer import train_loop_per_worker
+    from xmc.training.ray_worker import train_loop_per_worker
 
     cfg = config.train
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}

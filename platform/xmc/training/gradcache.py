@@ -39,7 +39,8 @@ def cached_step(encode_labels: Callable[[int], torch.Tensor], num_chunks: int,
                 loss_fn: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor],
                 gather_labels: Callable[[torch.Tensor], torch.Tensor],
                 reduce_label_grad: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
-                no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> torch.Tensor:
+                no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                ) -> torch.Tensor:
     """Run one gradient-cached forward/backward; parameter ``.grad`` ends up as for the plain computation.
 
     Only the labels take the two-pass route; the batch's queries are few enough to keep their graph, so

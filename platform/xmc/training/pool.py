@@ -17,42 +17,11 @@ query with no positive left in the pool is masked out of the loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 
-
-@dataclass(kw_only=True)
-class PoolConfig:
-    """How a step's label pool is built.
-
-    Args:
-        positives: sampled positives per query, or ``"all"``.
-        positive_sampling: ``uniform`` or ``inverse_propensity`` (weights 1/p_l of the dataset config).
-        hard_negatives: labels drawn per query from its shortlist (0 = none; only after mining starts).
-        fill_with_batch_positives: add the batch's unsampled positives when there is room.
-        max_size: cap on the pool size (the main compute knob).
-        all_labels: score every step against all L labels (DEXML); label embeddings are computed with
-            gradient caching in chunks of ``label_chunk`` (the other pool settings are then unused).
-        label_chunk: labels encoded per chunk in all-labels mode (activation memory knob).
-    """
-
-    positives: int | Literal["all"] = 3
-    positive_sampling: Literal["uniform", "inverse_propensity"] = "uniform"
-    hard_negatives: int = 6
-    fill_with_batch_positives: bool = True
-    max_size: int = 2048
-    all_labels: bool = False
-    label_chunk: int = 1024
-
-    def validate(self) -> None:
-        if self.positives != "all" and self.positives < 1:
-            raise ValueError(f"pool.positives must be >= 1 or 'all', got {self.positives}")
-        if self.hard_negatives < 0:
-            raise ValueError(f"pool.hard_negatives must be >= 0, got {self.hard_negatives}")
-        if self.max_size < 1:
-            raise ValueError(f"pool.max_size must be >= 1, got {self.max_size}")
+from xmc.training.config import PoolConfig
 
 
 @dataclass
@@ -94,7 +63,8 @@ def sample_per_row(owner: np.ndarray, values: np.ndarray, k: int | None, rng: np
     return keep
 
 
-def _by_frequency(labels: np.ndarray, rng: np.random.Generator, exclude: np.ndarray | None = None) -> np.ndarray:
+def _by_frequency(labels: np.ndarray, rng: np.random.Generator,
+                  exclude: np.ndarray | None = None) -> np.ndarray:
     """Unique labels, most frequent first (random order among ties), optionally without ``exclude``."""
     if labels.size == 0:
         return labels
@@ -106,15 +76,17 @@ def _by_frequency(labels: np.ndarray, rng: np.random.Generator, exclude: np.ndar
     return unique[order]
 
 
-def build_label_pool(batch: np.ndarray, positives: sp.csr_matrix, config: PoolConfig, rng: np.random.Generator,
-                     shortlists: np.ndarray | None = None, label_weights: np.ndarray | None = None) -> LabelPool:
+def build_label_pool(batch: np.ndarray, positives: sp.csr_matrix, config: PoolConfig,
+                     rng: np.random.Generator, shortlists: np.ndarray | None = None,
+                     label_weights: np.ndarray | None = None) -> LabelPool:
     """Build the pool of one step for the training queries ``batch``.
 
     Args:
         batch: row ids (into ``positives``) of the batch's queries.
         positives: train label matrix (CSR, queries × labels).
         config: pool settings.
-        rng: the step's random generator (seeded from (seed, epoch, step), so every worker builds the same pool).
+        rng: the step's random generator (seeded from (seed, epoch, step), so every worker builds the same
+            pool).
         shortlists: ``[N, S]`` label ids from the ANN index per training query (−1 padded), or None.
         label_weights: inverse propensities, needed for ``positive_sampling="inverse_propensity"``.
     """

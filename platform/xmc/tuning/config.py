@@ -16,7 +16,8 @@ class TuneSweepConfig:
         base: training config file(s) every trial starts from (relative to the sweep file).
         overrides: ``section.key=value`` settings applied to every trial (before the searched ones).
         search_space: training key -> one spec: ``{grid: [...]}``, ``{choice: [...]}``,
-            ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}``, ``{quniform: [lo, hi, q]}``.
+            ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{randint: [lo, hi]}``,
+            ``{quniform: [lo, hi, q]}``.
         search: ``grid`` or ``random`` (Tune's variant generator: every combination of the grid axes,
             ``num_samples`` times, other axes sampled) or ``optuna`` (``num_samples`` trials).
         num_samples: trials (random/optuna) or repetitions of the grid.

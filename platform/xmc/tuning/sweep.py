@@ -20,7 +20,7 @@ from xmc.config import ConfigError, dump_yaml, load_config, resolve_path, to_dic
 from xmc.experiment import ExperimentConfig
 from xmc.io import atomic_path, write_json, write_text
 from xmc.training.driver import build_trainer, ensure_prepared, init_ray, resolve_run, run_training
-from xmc.training.trainer import PLACEMENT_GROUP_FILE
+from xmc.training.ray_worker import PLACEMENT_GROUP_FILE
 from xmc.tuning.config import TuneFile, TuneSweepConfig
 from xmc.tuning.space import apply_params, param_space
 
@@ -82,13 +82,15 @@ def build_tuner(sweep: TuneSweepConfig, base: dict, sweep_dir: Path):
     from ray.tune.schedulers import ASHAScheduler
 
     trainable = tune.with_resources(
-        functools.partial(trial, base=base, runs_dir=str(sweep_dir / "train-runs")), {"cpu": sweep.trial_cpus})
+        functools.partial(trial, base=base, runs_dir=str(sweep_dir / "train-runs")),
+        {"cpu": sweep.trial_cpus})
     if tune.Tuner.can_restore(sweep_dir):
-        return tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True, resume_errored=True), True
+        return tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True), True
     scheduler = None
     if sweep.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=base["train"]["epochs"], grace_period=sweep.grace_period,
-                                  reduction_factor=sweep.reduction_factor)
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=base["train"]["epochs"],
+                                  grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor)
     search_alg = None
     if sweep.search == "optuna":
         try:
@@ -148,7 +150,8 @@ def write_table(rows: list[dict], path: Path) -> str:
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        lines.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+        lines.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v)
+                                       for v in row.values()) + " |")
     return "\n".join(lines)
 
 
@@ -167,7 +170,8 @@ def plot_metric(rows: list[dict], sweep: TuneSweepConfig, path: Path) -> None:
         labels = sorted({str(p[0]) for p in points}) if categorical else None
         for value, metric, stopped in points:
             x = labels.index(str(value)) if categorical else value
-            axis.scatter(x, metric, marker="x" if stopped else "o", color="tab:gray" if stopped else "tab:blue")
+            axis.scatter(x, metric, marker="x" if stopped else "o",
+                         color="tab:gray" if stopped else "tab:blue")
         if categorical:
             axis.set_xticks(range(len(labels)), labels)
         axis.set(xlabel=key, ylabel=f"validation {sweep.metric}", title=key)

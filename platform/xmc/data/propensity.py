@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_A = 0.55
-DEFAULT_B = 1.5
+from xmc.data.config import DEFAULT_A, DEFAULT_B
 
 
 def inverse_propensity(label_counts: np.ndarray, num_train_points: int, a: float = DEFAULT_A,

@@ -1,0 +1,294 @@
+"""The trained model as inference sees it: encoder, heads, label-side state and the fused-score settings.
+
+Training builds one (:meth:`ScoringModel.build`) and trains its modules; evaluation, calibration, export
+and a bundle's query tower use the same object restored from a checkpoint
+(:meth:`ScoringModel.from_checkpoint`) or from a bundle, without optimizer state, data loaders or a
+trainer. With several workers every encoding method is a collective: each worker encodes a share and
+every worker gets all rows, so the same code serves 1 or N workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xmc import checkpoint as ckpt
+from xmc.data.tokens import load_tokenizer, tokenize_texts
+from xmc.distributed import gather_rows, my_share
+from xmc.experiment import ExperimentConfig
+from xmc.models.config import HeadsConfig
+from xmc.models.encoder import TextEncoder, encode_tokens, precision_dtype, resolve_model_dir
+from xmc.models.label_table import ShardedLabelTable
+from xmc.models.prototypes import LabelPrototypes
+from xmc.models.xmc_model import XMCModel
+from xmc.scoring import fusion
+
+#: Pre-tokenised texts: ``(ids int32 [n, max_len], lengths int32 [n])``, the token cache's layout.
+TokenArrays = tuple[np.ndarray, np.ndarray]
+
+#: Labels pushed through the prototype network at once (bounds the activation memory of a full pass).
+PROTOTYPE_CHUNK = 4096
+
+
+@dataclass
+class HeadVectors:
+    """Every label's vector on each side, L2-normalised and unweighted: ``de`` (its prototype with
+    prototypes, else its text embedding) and ``clf`` (its classifier row; None without a classifier)."""
+
+    de: np.ndarray
+    clf: np.ndarray | None
+
+
+class ScoringModel:
+    """Encoder + DE head + classifier head + label table (this worker's shard) + prototypes, the labels
+    without training positives (``cold_start``) and the fused-score settings (``heads``).
+
+    ``label_tokens`` (the label texts, tokenised) are needed for anything label-side; a query tower (a
+    bundle's) has none and only encodes queries.
+    """
+
+    def __init__(self, model: XMCModel, *, label_tokens: TokenArrays | None = None,
+                 classifier: ShardedLabelTable | None = None, prototypes: LabelPrototypes | None = None,
+                 cold_start: np.ndarray | None = None, max_len: int = 32, batch_size: int = 256,
+                 device: torch.device | str = "cpu", dtype: torch.dtype | None = None, rank: int = 0,
+                 world_size: int = 1):
+        self.model = model
+        self.heads: HeadsConfig = model.config
+        self.label_tokens = label_tokens
+        self.classifier = classifier
+        self.prototypes = prototypes
+        self.cold_start = np.asarray([] if cold_start is None else cold_start, dtype=np.int64)
+        self.max_len, self.batch_size = max_len, batch_size
+        self.device, self.dtype = torch.device(device), dtype
+        self.rank, self.world_size = rank, world_size
+        self._tokenizer = None
+        self._label_text: np.ndarray | None = None  # DE embeddings of all label texts, until weights change
+
+    # ------------------------------------------------------------------------------------------------------
+    # construction
+
+    @classmethod
+    def build(cls, config: ExperimentConfig, num_labels: int, *, label_tokens: TokenArrays | None = None,
+              cold_start: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
+              device: torch.device | str = "cpu") -> ScoringModel:
+        """Fresh modules for ``config``: the pre-trained encoder, new heads, a new table shard and new
+        prototype state (in that order, which fixes what each draws from the seeded RNG)."""
+        device = torch.device(device)
+        model_dir = resolve_model_dir(config.encoder.model)
+        heads = config.model
+        model = XMCModel(TextEncoder(model_dir, config.encoder.pooling, config.encoder.group_by_length),
+                         heads).to(device)
+        classifier = (ShardedLabelTable(num_labels, model.clf_dim, rank, world_size).to(device)
+                      if heads.classifier else None)
+        prototypes = None
+        if heads.prototypes:
+            num_free = heads.free_vectors or LabelPrototypes.default_num_free(num_labels)
+            prototypes = LabelPrototypes(num_labels, model.de_dim, num_free, rank, world_size, device)
+        return cls(model, label_tokens=label_tokens, classifier=classifier, prototypes=prototypes,
+                   cold_start=cold_start, max_len=config.dataset.max_len,
+                   batch_size=config.encoder.batch_size, device=device,
+                   dtype=precision_dtype(config.train.precision, device), rank=rank, world_size=world_size)
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike, config: ExperimentConfig, num_labels: int, *,
+                        label_tokens: TokenArrays | None = None, cold_start: np.ndarray | None = None,
+                        rank: int = 0, world_size: int = 1, device: torch.device | str | None = None
+                        ) -> ScoringModel:
+        """The model of a training checkpoint, in eval mode: it reads the model weights, this worker's rows
+        of the classifier and prototype shards and the label-level state, never optimizer or loop state.
+
+        ``cold_start`` defaults to what the checkpoint recorded; a checkpoint that recorded none (an
+        older layout) needs it given.
+        """
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        directory = Path(directory)
+        labels = ckpt.load_state(directory, ckpt.LABELS) if ckpt.has_state(directory, ckpt.LABELS) else {}
+        if cold_start is None:
+            if "cold_start" not in labels:
+                raise ValueError(f"{directory}: the checkpoint does not record its cold-start labels; "
+                                 "pass them")
+            cold_start = labels["cold_start"]
+        scoring = cls.build(config, num_labels, label_tokens=label_tokens, cold_start=cold_start, rank=rank,
+                            world_size=world_size, device=device)
+        scoring.load_checkpoint_weights(directory, labels)
+        scoring.model.eval()
+        return scoring
+
+    def load_checkpoint_weights(self, directory: Path, labels: dict | None = None) -> None:
+        """Weights and label-side rows of a checkpoint (this worker's shards, re-split as needed)."""
+        self.model.load_state_dict(ckpt.load_state(directory, ckpt.MODEL))
+        if self.classifier is not None:
+            rows = ckpt.read_rows(directory, "table", ("weight",), self.classifier.num_labels,
+                                  self.classifier.owned)
+            with torch.no_grad():
+                self.classifier.rows.weight.copy_(rows["weight"].to(self.device))
+        if self.prototypes is not None:
+            free = self.prototypes.free
+            rows = ckpt.read_rows(directory, "free", ("weight",), free.num_labels, free.owned)
+            with torch.no_grad():
+                free.rows.weight.copy_(rows["weight"].to(self.device))
+            if labels is None:
+                labels = (ckpt.load_state(directory, ckpt.LABELS) if ckpt.has_state(directory, ckpt.LABELS)
+                          else {})
+            if "free_of" not in labels:  # an older layout kept it with the loop state
+                labels = ckpt.load_state(directory, ckpt.LOOP)
+            self.prototypes.free_of = labels["free_of"]
+            centroids = self.prototypes.centroids
+            rows = ckpt.read_rows(directory, "centroids", ("rows",), self.num_labels, centroids.owned)
+            centroids.rows = rows["rows"].to(self.device)
+        self.weights_changed()
+
+    def label_state(self) -> dict:
+        """Label-level state a checkpoint records beside the weights (``labels`` part)."""
+        state = {"cold_start": self.cold_start}
+        if self.prototypes is not None:
+            state["free_of"] = self.prototypes.free_of
+        return state
+
+    # ------------------------------------------------------------------------------------------------------
+    # shapes
+
+    @property
+    def num_labels(self) -> int:
+        if self.label_tokens is not None:
+            return len(self.label_tokens[1])
+        if self.classifier is not None:
+            return self.classifier.num_labels
+        raise ValueError("a query tower has no labels")
+
+    @property
+    def de_dim(self) -> int:
+        return self.model.de_dim
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.heads.classifier
+
+    @property
+    def dim(self) -> int:
+        """Width of the folded vectors that the label index holds and queries are searched with."""
+        return (self.model.de_dim + (self.model.clf_dim if self.has_classifier else 0)
+                + int(fusion.has_offset_column(self.heads.cold_start_offset)))
+
+    # ------------------------------------------------------------------------------------------------------
+    # encoding
+
+    @contextlib.contextmanager
+    def eval_mode(self):
+        """Dropout off for inference inside training; the previous mode is restored afterwards."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
+    def weights_changed(self) -> None:
+        """Forget encodings of the previous weights (the trainer calls this after every optimizer step)."""
+        self._label_text = None
+
+    def tokens(self, texts: Sequence[str]) -> TokenArrays:
+        """Tokenise like the training token cache: same tokenizer, truncated at ``max_len``."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.model.encoder.model_dir)
+        return tokenize_texts(self._tokenizer, list(texts), self.max_len)
+
+    def encode(self, embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tokens: TokenArrays,
+               rows: np.ndarray | None = None) -> np.ndarray:
+        """``embed`` of ``rows`` (default: all) of ``tokens``, each worker a share; every worker gets all."""
+        ids, lengths = tokens
+        rows = np.arange(len(lengths)) if rows is None else np.asarray(rows)
+        mine = my_share(rows, self.rank, self.world_size)
+        with self.eval_mode(), torch.inference_mode():
+            local = encode_tokens(embed, ids, lengths, batch_size=self.batch_size, device=self.device,
+                                  dtype=self.dtype, rows=mine, progress=False)
+        if local.shape[1] == 0:  # this worker had no rows: its width is unknown, the others' is not
+            local = np.zeros((0, self._width_of(embed)), dtype=np.float32)
+        return gather_rows(local, self.device)
+
+    def _width_of(self, embed) -> int:
+        widths = {self.model.embed_de: self.model.de_dim, self.model.embed_clf: self.model.clf_dim,
+                  self.model.embed_both: self.model.de_dim + self.model.clf_dim}
+        return widths[embed]
+
+    def _as_tokens(self, queries: Sequence[str] | TokenArrays) -> TokenArrays:
+        if isinstance(queries, tuple) and len(queries) == 2 and isinstance(queries[0], np.ndarray):
+            return queries
+        return self.tokens(queries)
+
+    def query_head_vectors(self, queries: Sequence[str] | TokenArrays, rows: np.ndarray | None = None
+                           ) -> np.ndarray:
+        """``[q_DE ; q_CLF]`` (``q_DE`` alone without a classifier) of raw texts or token arrays."""
+        embed = self.model.embed_both if self.has_classifier else self.model.embed_de
+        return self.encode(embed, self._as_tokens(queries), rows)
+
+    def query_vectors(self, queries: Sequence[str] | TokenArrays,
+                      rows: np.ndarray | None = None) -> np.ndarray:
+        """The vectors the label index is searched with: ``[q_DE ; q_CLF]`` folded with the offset column."""
+        return fusion.fold_queries(self.query_head_vectors(queries, rows), self.heads.cold_start_offset)
+
+    def label_text_vectors(self) -> np.ndarray:
+        """DE embeddings of every label's text under the current weights.
+
+        Kept until :meth:`weights_changed`, so an epoch's evaluation and the next epoch's mining, which see
+        the same weights, encode the labels once.
+        """
+        if self._label_text is None:
+            self._label_text = self.encode(self.model.embed_de, self._labels())
+        return self._label_text
+
+    def _labels(self) -> TokenArrays:
+        if self.label_tokens is None:
+            raise ValueError("this model has no label texts (a query tower): it cannot encode labels")
+        return self.label_tokens
+
+    def de_label_vectors(self, text: np.ndarray | None = None) -> np.ndarray:
+        """The DE-side vector of every label: its prototype with prototypes, else its text embedding
+        (``text``: the text embeddings when the caller has them)."""
+        text = self.label_text_vectors() if text is None else text
+        if self.prototypes is None:
+            return text
+        with torch.no_grad():
+            free, centroids = self.prototypes.inputs(np.arange(self.num_labels))
+        out = np.empty_like(text)
+        with self.eval_mode(), torch.inference_mode():
+            for start in range(0, self.num_labels, PROTOTYPE_CHUNK):
+                stop = start + PROTOTYPE_CHUNK
+                chunk = torch.from_numpy(text[start:stop]).to(self.device)
+                out[start:stop] = self.model.lpn(chunk, free[start:stop],
+                                                 centroids[start:stop]).float().cpu().numpy()
+        return out
+
+    def untrained_text_vectors(self) -> np.ndarray:
+        """Classifier-side embeddings of the cold-start labels' texts, in ``cold_start`` order: what
+        ``clf_untrained: label_text`` scores those labels by."""
+        return self.encode(self.model.embed_clf, self._labels(), self.cold_start)
+
+    def classifier_vectors(self) -> np.ndarray | None:
+        """Every label's classifier-side vector, L2-normalised (None without a classifier).
+
+        With ``clf_untrained: label_text``, labels no training query is tagged with take their label text
+        through the current classifier head instead of their table row, which only negatives ever moved.
+        """
+        if self.classifier is None:
+            return None
+        rows = self.classifier.full_normalized().float().cpu().numpy()
+        if self.heads.clf_untrained == "label_text" and len(self.cold_start):
+            rows[self.cold_start] = self.untrained_text_vectors()
+        return rows
+
+    def head_vectors(self) -> HeadVectors:
+        """Both sides of every label (collective: every worker calls it, every worker gets all)."""
+        return HeadVectors(self.de_label_vectors(), self.classifier_vectors())
+
+    def label_vectors(self) -> np.ndarray:
+        """The folded ``[de_weight · DE ; CLF ; offset column]`` of every label: what the index holds."""
+        heads = self.head_vectors()
+        return fusion.fold_labels(heads.de, heads.clf, self.cold_start, self.heads.de_weight,
+                                  self.heads.cold_start_offset)

@@ -1,0 +1,120 @@
+"""The training loop inside a Ray Train worker: its entry point and everything Ray-specific around it.
+
+:func:`train_loop_per_worker` is what the ``TorchTrainer`` of :mod:`xmc.training.driver` runs on every
+worker. :class:`RaySession` gives the loop Ray Train's device, DDP wrapper, checkpoints and reports.
+Also here: fault injection for the retry test, and the record of a worker group's placement group that
+Tune sweeps use to free what trials stopped early left reserved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xmc.config import from_dict
+from xmc.experiment import ExperimentConfig
+from xmc.training.session import Session
+from xmc.training.trainer import Trainer
+
+#: Fault injection for the retry test: crash the worker once when this global step is reached.
+FAIL_AT_STEP_ENV = "XMC_TEST_FAIL_AT_STEP"
+FAIL_MARKER_ENV = "XMC_TEST_FAIL_MARKER"
+
+PLACEMENT_GROUP_FILE = "placement_group.txt"
+
+
+class RaySession(Session):
+    """The loop inside Ray Train (a worker of a ``TorchTrainer``, or its local mode)."""
+
+    def __init__(self, world_size: int):
+        super().__init__()
+        self.world_size = world_size
+
+    def device(self, use_gpu: bool) -> torch.device:
+        if use_gpu:
+            import ray.train.torch
+
+            return ray.train.torch.get_device()
+        return torch.device("cpu")
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        if self.world_size == 1:
+            return model
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+
+    def report(self, metrics: dict, checkpoint: Path | None = None, name: str | None = None) -> None:
+        import ray.train
+
+        if checkpoint is None:
+            ray.train.report(metrics)
+        else:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)),
+                             checkpoint_dir_name=name)
+
+    def progress(self, total: int, desc: str, enabled: bool):
+        if enabled and self.world_size > 1:
+            from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+            return ray_tqdm(total=total, desc=desc)
+        return super().progress(total, desc, enabled)
+
+    def before_step(self, global_step: int) -> None:
+        step, marker = os.environ.get(FAIL_AT_STEP_ENV), os.environ.get(FAIL_MARKER_ENV)
+        if step and marker and global_step == int(step) and not Path(marker).exists():
+            Path(marker).write_text(f"failed at step {global_step}\n")
+            os._exit(17)
+
+
+def record_placement_group(run_dir: Path) -> None:
+    """Write the id of this worker group's Ray placement group into the run directory.
+
+    A Tune trial stopped early by ASHA is killed, and Ray Train frees its workers' placement group only
+    through a watcher that needs the dashboard's State API; :func:`xmc.tuning.sweep.release_placement_groups`
+    uses these ids to free what such runs left reserved.
+    """
+    try:
+        import ray
+        import ray.util
+
+        if not ray.is_initialized():  # local mode: asking would start a Ray just to answer None
+            return
+        group = ray.util.get_current_placement_group()
+    except Exception:  # no Ray: nothing reserved
+        return
+    if group is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / PLACEMENT_GROUP_FILE).write_text(group.id.hex() + "\n")
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train's per-worker entry point: rebuild the typed config and run the loop."""
+    from xmc.distributed import rank_and_world
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs each CPU variant it tries
+    config = from_dict(ExperimentConfig, loop_config["config"])
+    run_dir = Path(loop_config["run_dir"])
+    rank, world = rank_and_world()
+    if rank == 0:
+        record_placement_group(run_dir)
+    trainer = Trainer(config, run_dir, RaySession(world))
+    trainer.fit()
+    trainer.reporter.close()

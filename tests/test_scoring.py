@@ -1,0 +1,168 @@
+"""The scoring model without a trainer: restored from a checkpoint it scores exactly like the model that was
+trained, reading no training state; labels without training positives are scored as configured; the fused
+score folds into one inner product; an exported bundle's Predictor ranks like the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xmc import Predictor, checkpoint
+from xmc.config import dump_yaml, load_config
+from xmc.experiment import ExperimentConfig
+from xmc.index.config import ExportConfig
+from xmc.index.export import export_run
+from xmc.io import write_text
+from xmc.mining.ann import build_index, search
+from xmc.mining.config import AnnConfig
+from xmc.scoring import fusion
+from xmc.scoring.run import TrainedRun
+from xmc.training.driver import resolve_run
+from xmc.training.session import Session
+from xmc.training.trainer import Trainer
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def trained(small_cooking, tmp_path_factory) -> Trainer:
+    """Three steps of the demo recipe on 256 real cooking questions, trained in this process (no Ray) into a
+    run directory laid out as jobs/train.py lays it out (config.yaml and checkpoint_* directories)."""
+    config = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml", [
+        "train.num_workers=0", f"dataset.prepared={small_cooking}", "dataset.max_len=16",
+        "train.batch_size=64", "train.epochs=1", "train.max_steps_per_epoch=3", "train.progress=false",
+        "eval.top_k=10",
+        f"run.storage={tmp_path_factory.mktemp('runs')}"])
+    config, run_dir = resolve_run(config, "scoring")
+    write_text(run_dir / "config.yaml", dump_yaml(config))
+    trainer = Trainer(config, run_dir, Session(run_dir))
+    trainer.fit()
+    trainer.scoring.model.eval()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def restored(trained, monkeypatch_module):
+    """The run's checkpoint, loaded for inference; records which checkpoint parts it read."""
+    read = []
+    load_state = checkpoint.load_state
+
+    def recording(directory, name):
+        read.append(name)
+        return load_state(directory, name)
+
+    monkeypatch_module.setattr(checkpoint, "load_state", recording)
+    run = TrainedRun.open(trained.reporter.run_dir)
+    scoring = run.scoring_model(device="cpu")
+    return run, scoring, read
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_a_checkpoint_scores_like_the_trained_model_without_training_state(trained, restored):
+    run, scoring, read = restored
+    assert run.checkpoint.name == "checkpoint_epoch001_step0000003"
+    assert {"optimizer", "trainer"}.isdisjoint(read) and "model" in read and "table-rank0000" in read
+    assert np.array_equal(scoring.cold_start, trained.data.cold_start) and len(scoring.cold_start) > 0
+    before, after = trained.scoring.head_vectors(), scoring.head_vectors()
+    np.testing.assert_allclose(after.de, before.de, atol=1e-6)
+    np.testing.assert_allclose(after.clf, before.clf, atol=1e-6)
+    tokens = trained.data.cache.arrays("test")
+    np.testing.assert_allclose(scoring.query_vectors(tokens), trained.scoring.query_vectors(tokens),
+                               atol=1e-6)
+    # raw texts are tokenised like the token cache
+    texts = run.dataset.texts("test")[:20]
+    np.testing.assert_allclose(scoring.query_vectors(texts), scoring.query_vectors(tokens, np.arange(20)),
+                               atol=1e-6)
+
+
+def test_labels_without_training_positives_are_scored_by_their_text_when_asked(restored):
+    """Such a label's table row never got a positive update, only pushes away as a negative; ``clf_untrained:
+    label_text`` scores it by its text through the trained classifier head instead."""
+    run, scoring, _ = restored
+    cold = scoring.cold_start
+    counts = run.dataset.train_label_counts(run.split.train_rows)
+    assert np.array_equal(cold, np.flatnonzero(counts == 0))
+    trained = np.flatnonzero(counts > 0)
+    table = scoring.classifier.full_normalized().numpy()
+    scoring.heads.clf_untrained = "table"
+    assert np.array_equal(scoring.classifier_vectors(), table)
+    scoring.heads.clf_untrained = "label_text"
+    try:
+        clf = scoring.classifier_vectors()
+    finally:
+        scoring.heads.clf_untrained = "table"
+    text = scoring.untrained_text_vectors()
+    assert np.array_equal(clf[trained], table[trained])
+    np.testing.assert_allclose(clf[cold], text, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(clf, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(table[cold], text, atol=1e-3)  # training moved those rows away from the text
+
+
+def test_the_folded_vectors_compute_the_fused_score():
+    """[w·DE ; CLF ; b·cold] · [q_DE ; q_CLF ; 1] = w·cos_DE + cos_CLF + b·[cold]; without an offset there
+    is no extra column."""
+    rng = np.random.default_rng(0)
+    de, clf = rng.normal(size=(30, 4)).astype(np.float32), rng.normal(size=(30, 3)).astype(np.float32)
+    queries = rng.normal(size=(5, 7)).astype(np.float32)
+    cold = np.array([2, 11, 29])
+    folded = fusion.fold_queries(queries, 0.2) @ fusion.fold_labels(de, clf, cold, 0.5, 0.2).T
+    expected = 0.5 * queries[:, :4] @ de.T + queries[:, 4:] @ clf.T
+    expected[:, cold] += 0.2
+    np.testing.assert_allclose(folded, expected, atol=1e-5)
+    assert fusion.fold_labels(de, clf, cold, 1.0, 0.0).shape == (30, 7)
+    assert fusion.fold_queries(queries, 0.0).shape == (5, 7)
+
+
+def test_an_exported_bundle_answers_like_the_model(trained, restored, tmp_path):
+    run, scoring, _ = restored
+    bundle = export_run(run.directory, tmp_path / "bundle",
+                        ExportConfig(shards=2, ann=AnnConfig(kind="flat")))
+    predictor = Predictor.from_bundle(bundle)
+    assert predictor.version.startswith(f"{run.directory.name}-epoch001_step0000003-")
+    texts = run.dataset.texts("test")
+    ids, scores = predictor.topk(texts, 5)
+    # the same ranking as an exact search of the model's own folded vectors
+    expected_scores, expected_ids = search(build_index(scoring.label_vectors(), AnnConfig(kind="flat")),
+                                           scoring.query_vectors(texts), 5)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+    assert (ids[:, 0] == expected_ids[:, 0]).mean() >= 0.98
+
+    answers = predictor.predict(texts[:3], k=4)
+    uids, labels = run.dataset.uids("labels"), run.dataset.texts("labels")
+    assert [len(row) for row in answers] == [4, 4, 4]
+    for row, row_ids in zip(answers, ids[:3]):
+        assert [hit.id for hit in row] == row_ids[:4].tolist()
+        assert [(hit.uid, hit.label) for hit in row] == [(str(uids[i]), labels[i]) for i in row_ids[:4]]
+        assert [hit.score for hit in row] == sorted((hit.score for hit in row), reverse=True)
+    assert predictor.predict([], k=3) == []
+    with pytest.raises(TypeError, match="list of texts"):
+        predictor.predict("how do I keep pasta from sticking")
+    search_only = Predictor.from_bundle(bundle, encoder=False, labels=False, shards=[1])
+    with pytest.raises(ValueError, match="without its query tower"):
+        search_only.encode(["salt"])
+    shard_ids = search_only.search(predictor.encode(texts[:8]), 3)[1]
+    assert (shard_ids >= predictor.bundle.manifest["shards"][1]["first_label"]).all()
+
+
+def test_an_export_may_choose_how_labels_without_training_data_are_scored(restored, tmp_path):
+    """No retraining: the bundle's label vectors are [DE ; CLF] with the chosen rule on the CLF side."""
+    import faiss
+
+    run, scoring, _ = restored
+    bundle = export_run(run.directory, tmp_path / "bundle",
+                        ExportConfig(clf_untrained="label_text", ann=AnnConfig(kind="flat")))
+    assert (Predictor.from_bundle(bundle, encoder=False).bundle.manifest["query"]["heads"]["clf_untrained"]
+            == "label_text")
+    index = faiss.read_index(str(bundle / "shards" / "00000" / "index.faiss"))
+    vectors = index.reconstruct_n(0, index.ntotal)
+    d = scoring.de_dim
+    table = scoring.classifier.full_normalized().numpy()
+    cold = scoring.cold_start
+    np.testing.assert_allclose(vectors[cold, d:], scoring.untrained_text_vectors(), atol=1e-5)
+    np.testing.assert_allclose(np.delete(vectors[:, d:], cold, axis=0), np.delete(table, cold, axis=0),
+                               atol=1e-6)
