@@ -99,7 +99,7 @@ def test_gpu_share_reaches_ray_and_sets_how_many_tune_trials_share_a_gpu(tmp_pat
     from xmc.config import to_dict
     from xmc.training.driver import build_trainer
     from xmc.tuning.config import TuneSweepConfig
-    from xmc.tuning.sweep import _concurrency
+    from xmc.tuning.sweep import trial_concurrency
 
     config = load_config(ExperimentConfig, None, ["train.use_gpu=true", "train.gpus_per_worker=0.3",
                                                   "run.name=share", f"run.storage={tmp_path}"])
@@ -108,9 +108,9 @@ def test_gpu_share_reaches_ray_and_sets_how_many_tune_trials_share_a_gpu(tmp_pat
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
     base = to_dict(config)
-    assert _concurrency(TuneSweepConfig(), base) == 3
+    assert trial_concurrency(TuneSweepConfig(), base) == 3
     base["train"]["gpus_per_worker"] = 0.25
-    assert _concurrency(TuneSweepConfig(), base) == 4
+    assert trial_concurrency(TuneSweepConfig(), base) == 4
     base["train"]["gpus_per_worker"] = 1.0
     base["train"]["num_workers"] = 2
-    assert _concurrency(TuneSweepConfig(), base) == 1
+    assert trial_concurrency(TuneSweepConfig(), base) == 1

@@ -105,7 +105,7 @@ def test_length_groups_cover_the_batch_and_fewer_on_a_gpu(default_encoder, cooki
     mask = (torch.arange(ids.shape[1])[None, :] < batch_lengths[:, None]).long()
     with torch.no_grad():
         grouped = default_encoder(batch_ids, mask)
-        whole = default_encoder._pooled(batch_ids, mask)
+        whole = default_encoder.pooled(batch_ids, mask)
     torch.testing.assert_close(grouped, whole, atol=2e-5, rtol=1e-4)
 
 

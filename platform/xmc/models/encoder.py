@@ -123,19 +123,20 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if not self.group_by_length or len(input_ids) < 2:
-            return self._pooled(input_ids, attention_mask)
+            return self.pooled(input_ids, attention_mask)
         lengths = attention_mask.sum(dim=1)
         overhead = GROUP_OVERHEAD_TOKENS.get(input_ids.device.type, GROUP_OVERHEAD_TOKENS["cpu"])
         groups = length_groups(lengths, overhead)
         if len(groups) == 1:
-            return self._pooled(input_ids, attention_mask)
+            return self.pooled(input_ids, attention_mask)
         parts = []
         for group in groups:
             width = max(int(lengths[group].max()), 1)
-            parts.append(self._pooled(input_ids[group, :width], attention_mask[group, :width]))
+            parts.append(self.pooled(input_ids[group, :width], attention_mask[group, :width]))
         return torch.cat(parts)[torch.argsort(torch.cat(groups))]
 
-    def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The pooled output of one forward call over the whole batch (no length grouping)."""
         with sdpa_kernel(ATTENTION_BACKENDS):  # the backward runs the kernel its forward chose
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":

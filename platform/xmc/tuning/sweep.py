@@ -64,7 +64,9 @@ def trial(params: dict[str, Any], base: dict, runs_dir: str) -> None:
     build_trainer(config, run_dir, callbacks=[TuneReportCallback()]).fit()
 
 
-def _concurrency(sweep: TuneSweepConfig, base: dict) -> int:
+def trial_concurrency(sweep: TuneSweepConfig, base: dict) -> int:
+    """Trials run at once: as configured, else one on CPU (trials share the cores) and as many as the
+    cluster's GPUs hold on GPU."""
     if sweep.max_concurrent_trials:
         return sweep.max_concurrent_trials
     if not base["train"]["use_gpu"]:
@@ -102,7 +104,7 @@ def build_tuner(sweep: TuneSweepConfig, base: dict, sweep_dir: Path):
         trainable, param_space=param_space(sweep.search_space),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
                                     scheduler=scheduler, search_alg=search_alg,
-                                    max_concurrent_trials=_concurrency(sweep, base)),
+                                    max_concurrent_trials=trial_concurrency(sweep, base)),
         run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent)),
     )
     return tuner, False
