@@ -96,7 +96,6 @@ class CentroidStore:
         self.rows = torch.from_numpy(rows.astype(np.float32)).to(self.rows.device)
 
 
-
 class LabelPrototypes:
     """The label-side state of PRIME's prototypes, sharded across workers like the classifier table: the
     free vectors (one per cluster of labels with similar text; sparse rows), each label's cluster
@@ -114,7 +113,7 @@ class LabelPrototypes:
         """The power of two nearest L/2: clusters of about two labels share a free vector."""
         return 2 ** max(0, round(math.log2(max(num_labels / 2, 1))))
 
-    def set_exact_centroids(self, positives: "sp.csr_matrix", queries: np.ndarray,
+    def set_exact_centroids(self, positives: sp.csr_matrix, queries: np.ndarray,
                             fallback: np.ndarray) -> None:
         """Each owned label's centroid from all training queries tagged with it: ``positives`` is the label
         matrix of the rows ``queries`` embeds (training queries × labels); ``fallback`` the label texts."""
