@@ -166,3 +166,21 @@ def test_an_export_may_choose_how_labels_without_training_data_are_scored(restor
     np.testing.assert_allclose(vectors[cold, d:], scoring.untrained_text_vectors(), atol=1e-5)
     np.testing.assert_allclose(np.delete(vectors[:, d:], cold, axis=0), np.delete(table, cold, axis=0),
                                atol=1e-6)
+
+
+def test_label_vectors_of_a_subset_of_labels_are_those_rows_of_all(restored):
+    """What an index shard of some labels holds: the same rows as the full matrix, cold-start offsets and
+    text-scored classifier rows included."""
+    _, scoring, _ = restored
+    heads = scoring.heads
+    heads.clf_untrained, heads.cold_start_offset, heads.de_weight = "label_text", 0.25, 0.5
+    try:
+        everything = scoring.label_vectors()
+        rows = np.sort(np.random.default_rng(0).choice(scoring.num_labels, 60, replace=False))
+        rows = np.union1d(rows, scoring.cold_start[:3])
+        assert len(np.intersect1d(rows, scoring.cold_start)) >= 1
+        np.testing.assert_allclose(scoring.label_vectors(rows), everything[rows], atol=1e-5)
+        assert everything.shape[1] == scoring.dim == 2 * scoring.de_dim + 1
+        assert set(np.unique(everything[:, -1])) == {0.0, 0.25}
+    finally:
+        heads.clf_untrained, heads.cold_start_offset, heads.de_weight = "table", 0.0, 1.0

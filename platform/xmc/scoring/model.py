@@ -233,12 +233,14 @@ class ScoringModel:
         """The vectors the label index is searched with: ``[q_DE ; q_CLF]`` folded with the offset column."""
         return fusion.fold_queries(self.query_head_vectors(queries, rows), self.heads.cold_start_offset)
 
-    def label_text_vectors(self) -> np.ndarray:
-        """DE embeddings of every label's text under the current weights.
+    def label_text_vectors(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """DE embeddings of the texts of labels ``rows`` (default: every label) under the current weights.
 
-        Kept until :meth:`weights_changed`, so an epoch's evaluation and the next epoch's mining, which see
-        the same weights, encode the labels once.
+        Those of every label are kept until :meth:`weights_changed`, so an epoch's evaluation and the next
+        epoch's mining, which see the same weights, encode the labels once.
         """
+        if rows is not None:
+            return self.encode(self.model.embed_de, self._labels(), rows)
         if self._label_text is None:
             self._label_text = self.encode(self.model.embed_de, self._labels())
         return self._label_text
@@ -248,17 +250,21 @@ class ScoringModel:
             raise ValueError("this model has no label texts (a query tower): it cannot encode labels")
         return self.label_tokens
 
-    def de_label_vectors(self, text: np.ndarray | None = None) -> np.ndarray:
-        """The DE-side vector of every label: its prototype with prototypes, else its text embedding
-        (``text``: the text embeddings when the caller has them)."""
-        text = self.label_text_vectors() if text is None else text
+    def _ids(self, rows: np.ndarray | None) -> np.ndarray:
+        return np.arange(self.num_labels) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def de_label_vectors(self, rows: np.ndarray | None = None, text: np.ndarray | None = None) -> np.ndarray:
+        """The DE-side vector of labels ``rows`` (default: all): the prototype with prototypes, else the
+        text embedding (``text``: those text embeddings, when the caller has them)."""
+        text = self.label_text_vectors(rows) if text is None else text
         if self.prototypes is None:
             return text
+        ids = self._ids(rows)
         with torch.no_grad():
-            free, centroids = self.prototypes.inputs(np.arange(self.num_labels))
+            free, centroids = self.prototypes.inputs(ids)
         out = np.empty_like(text)
         with self.eval_mode(), torch.inference_mode():
-            for start in range(0, self.num_labels, PROTOTYPE_CHUNK):
+            for start in range(0, len(ids), PROTOTYPE_CHUNK):
                 stop = start + PROTOTYPE_CHUNK
                 chunk = torch.from_numpy(text[start:stop]).to(self.device)
                 out[start:stop] = self.model.lpn(chunk, free[start:stop],
@@ -270,25 +276,36 @@ class ScoringModel:
         ``clf_untrained: label_text`` scores those labels by."""
         return self.encode(self.model.embed_clf, self._labels(), self.cold_start)
 
-    def classifier_vectors(self) -> np.ndarray | None:
-        """Every label's classifier-side vector, L2-normalised (None without a classifier).
+    def classifier_vectors(self, rows: np.ndarray | None = None) -> np.ndarray | None:
+        """The classifier-side vectors of labels ``rows`` (default: all), L2-normalised (None without a
+        classifier).
 
         With ``clf_untrained: label_text``, labels no training query is tagged with take their label text
         through the current classifier head instead of their table row, which only negatives ever moved.
         """
         if self.classifier is None:
             return None
-        rows = self.classifier.full_normalized().float().cpu().numpy()
-        if self.heads.clf_untrained == "label_text" and len(self.cold_start):
-            rows[self.cold_start] = self.untrained_text_vectors()
-        return rows
+        table = self.classifier.full_normalized().float().cpu().numpy()
+        ids = self._ids(rows)
+        out = table if rows is None else table[ids]
+        if self.heads.clf_untrained == "label_text":
+            cold = self._cold_positions(ids)
+            if len(cold):
+                out[cold] = self.encode(self.model.embed_clf, self._labels(), ids[cold])
+        return out
 
-    def head_vectors(self) -> HeadVectors:
-        """Both sides of every label (collective: every worker calls it, every worker gets all)."""
-        return HeadVectors(self.de_label_vectors(), self.classifier_vectors())
+    def _cold_positions(self, ids: np.ndarray) -> np.ndarray:
+        """Positions in ``ids`` of the labels without training positives."""
+        return np.flatnonzero(np.isin(ids, self.cold_start))
 
-    def label_vectors(self) -> np.ndarray:
-        """The folded ``[de_weight · DE ; CLF ; offset column]`` of every label: what the index holds."""
-        heads = self.head_vectors()
-        return fusion.fold_labels(heads.de, heads.clf, self.cold_start, self.heads.de_weight,
-                                  self.heads.cold_start_offset)
+    def head_vectors(self, rows: np.ndarray | None = None) -> HeadVectors:
+        """Both sides of labels ``rows`` (default: all; a collective: every worker calls it with the same
+        rows, every worker gets all of them)."""
+        return HeadVectors(self.de_label_vectors(rows), self.classifier_vectors(rows))
+
+    def label_vectors(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The folded ``[de_weight · DE ; CLF ; offset column]`` of labels ``rows`` (default: all): what the
+        label index holds."""
+        heads = self.head_vectors(rows)
+        return fusion.fold_labels(heads.de, heads.clf, self._cold_positions(self._ids(rows)),
+                                  self.heads.de_weight, self.heads.cold_start_offset)
