@@ -73,8 +73,12 @@ def _worker(rank, world, port, out):
         dist.all_reduce(total)
         label_grad = gather_rows(local_labels.grad.numpy())
         full = sharded.full_normalized()
+        # a worker with nothing to contribute (and so no width) still gets everyone's rows
+        mine = np.full((2, 3), rank + 1.0, np.float32) if rank == 0 else np.zeros((0, 0), np.float32)
+        uneven = gather_rows(mine)
         if rank == 0:
-            out.put((total.item() / world, grad.numpy(), label_grad, rows.detach().numpy(), full.numpy()))
+            out.put((total.item() / world, grad.numpy(), label_grad, rows.detach().numpy(), full.numpy(),
+                     uneven))
     finally:
         dist.destroy_process_group()
 
@@ -92,8 +96,9 @@ def test_two_workers_match_one():
     procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    loss2, *arrays = queue.get(timeout=120)
+    loss2, *arrays, uneven = queue.get(timeout=120)
     grad2, label_grad2, rows2, full2 = map(torch.from_numpy, arrays)
+    assert uneven.shape == (2, 3) and (uneven == 1.0).all()
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0

@@ -108,19 +108,26 @@ def all_gather_with_grad(local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 
 
 def gather_rows(local: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
-    """Concatenate every worker's rows (no gradients; any sizes, same trailing shape and dtype)."""
+    """Concatenate every worker's rows (no gradients; any sizes, same trailing shape and dtype).
+
+    A worker with no rows may not know the trailing shape (an encoder that saw no input returns ``[0, 0]``):
+    it takes the shape of the worker with the most rows.
+    """
     if not is_distributed():
         return local
+    shape = torch.tensor(local.shape, dtype=torch.long, device=device)
+    shapes = [torch.zeros_like(shape) for _ in range(dist.get_world_size())]
+    dist.all_gather(shapes, shape)
+    sizes = [int(s[0]) for s in shapes]
+    trailing = tuple(int(d) for d in shapes[int(np.argmax(sizes))][1:])
+    if len(local) == 0:
+        local = np.zeros((0, *trailing), dtype=local.dtype)
     tensor = torch.from_numpy(np.ascontiguousarray(local)).to(device)
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([len(local)], dtype=torch.long, device=device))
-    sizes_int = [int(s.item()) for s in sizes]
-    width = max(sizes_int)
-    padded = torch.zeros((width, *tensor.shape[1:]), dtype=tensor.dtype, device=device)
+    padded = torch.zeros((max(sizes), *trailing), dtype=tensor.dtype, device=device)
     padded[: len(tensor)] = tensor
-    parts = [torch.empty_like(padded) for _ in sizes_int]
+    parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return torch.cat([p[:n] for p, n in zip(parts, sizes_int)]).cpu().numpy()
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]).cpu().numpy()
 
 
 def broadcast_array(array: np.ndarray | None, device: torch.device | str = "cpu", src: int = 0) -> np.ndarray:

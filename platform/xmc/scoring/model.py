@@ -120,19 +120,29 @@ class ScoringModel:
         scoring.model.eval()
         return scoring
 
-    def load_checkpoint_weights(self, directory: Path, labels: dict | None = None) -> None:
-        """Weights and label-side rows of a checkpoint (this worker's shards, re-split as needed)."""
-        self.model.load_state_dict(ckpt.load_state(directory, ckpt.MODEL))
+    def label_tables(self) -> dict[str, ShardedLabelTable]:
+        """The label-sharded tables by their checkpoint names: classifier rows and prototype free vectors."""
+        tables = {}
         if self.classifier is not None:
-            rows = ckpt.read_rows(directory, "table", ("weight",), self.classifier.num_labels,
-                                  self.classifier.owned)
-            with torch.no_grad():
-                self.classifier.rows.weight.copy_(rows["weight"].to(self.device))
+            tables["table"] = self.classifier
         if self.prototypes is not None:
-            free = self.prototypes.free
-            rows = ckpt.read_rows(directory, "free", ("weight",), free.num_labels, free.owned)
+            tables["free"] = self.prototypes.free
+        return tables
+
+    def load_checkpoint_weights(self, directory: Path, labels: dict | None = None,
+                                keys: tuple[str, ...] = ("weight",)) -> dict[str, dict[str, torch.Tensor]]:
+        """Weights and label-side rows of a checkpoint (this worker's shards, re-split as needed).
+
+        ``keys``: what to read of each label table's shards besides its weights (a resumed run also takes
+        the optimizer moments); returns what was read, per table, so no shard is read twice.
+        """
+        self.model.load_state_dict(ckpt.load_state(directory, ckpt.MODEL))
+        read = {}
+        for name, table in self.label_tables().items():
+            read[name] = ckpt.read_rows(directory, name, keys, table.num_labels, table.owned)
             with torch.no_grad():
-                free.rows.weight.copy_(rows["weight"].to(self.device))
+                table.rows.weight.copy_(read[name]["weight"].to(self.device))
+        if self.prototypes is not None:
             if labels is None:
                 labels = (ckpt.load_state(directory, ckpt.LABELS) if ckpt.has_state(directory, ckpt.LABELS)
                           else {})
@@ -143,6 +153,7 @@ class ScoringModel:
             rows = ckpt.read_rows(directory, "centroids", ("rows",), self.num_labels, centroids.owned)
             centroids.rows = rows["rows"].to(self.device)
         self.weights_changed()
+        return read
 
     def label_state(self) -> dict:
         """Label-level state a checkpoint records beside the weights (``labels`` part)."""
@@ -208,14 +219,7 @@ class ScoringModel:
         with self.eval_mode(), torch.inference_mode():
             local = encode_tokens(embed, ids, lengths, batch_size=self.batch_size, device=self.device,
                                   dtype=self.dtype, rows=mine, progress=False)
-        if local.shape[1] == 0:  # this worker had no rows: its width is unknown, the others' is not
-            local = np.zeros((0, self._width_of(embed)), dtype=np.float32)
         return gather_rows(local, self.device)
-
-    def _width_of(self, embed) -> int:
-        widths = {self.model.embed_de: self.model.de_dim, self.model.embed_clf: self.model.clf_dim,
-                  self.model.embed_both: self.model.de_dim + self.model.clf_dim}
-        return widths[embed]
 
     def _as_tokens(self, queries: Sequence[str] | TokenArrays) -> TokenArrays:
         if isinstance(queries, tuple) and len(queries) == 2 and isinstance(queries[0], np.ndarray):

@@ -43,10 +43,10 @@ class CheckpointManager:
     def load(self, directory: str | Path) -> dict:
         """Restore everything from ``directory`` and return the loop state saved with it."""
         directory = Path(directory)
-        self.scoring.load_checkpoint_weights(directory)
+        read = self.scoring.load_checkpoint_weights(directory, keys=("weight", "exp_avg", "exp_avg_sq"))
         self.optimizers.load_dense_state(ckpt.load_state(directory, ckpt.OPTIMIZER))
         for name, (table, optimizer) in self.optimizers.tables.items():
-            rows = ckpt.read_rows(directory, name, ("exp_avg", "exp_avg_sq"), table.num_labels, table.owned)
+            rows = read[name]
             if "exp_avg" in rows:  # a table that never stepped has no moments yet
                 device = table.rows.weight.device
                 optimizer.state[table.rows.weight] = {"step": rows["step"],

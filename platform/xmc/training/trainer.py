@@ -74,12 +74,9 @@ class Trainer:
                                           world_size=self.world, device=device)
         self.scoring.model.train()  # from_pretrained returns the backbone in eval mode (dropout off)
         ddp_model = self.session.prepare_model(self.scoring.model)
-        tables = {}
-        if self.scoring.classifier is not None:
-            tables["table"] = (self.scoring.classifier, cfg.classifier_lr)
-        if self.scoring.prototypes is not None:
-            tables["free"] = (self.scoring.prototypes.free, cfg.prototype_lr)
-        self.optimizers = Optimizers(self.scoring.model, cfg, tables)
+        rates = {"table": cfg.classifier_lr, "free": cfg.prototype_lr}
+        self.optimizers = Optimizers(self.scoring.model, cfg, {name: (table, rates[name]) for name, table
+                                                               in self.scoring.label_tables().items()})
         self.planner = EpochPlanner(config, self.data, self.scoring)
         step_kind = AllLabelsStep if config.pool.all_labels else PoolStep
         self.step = step_kind(config, self.data, self.scoring, ddp_model)
