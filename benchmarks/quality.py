@@ -174,12 +174,12 @@ def run_recipe(dataset_name: str, recipe: str, overrides: list[str], fresh: bool
                           f"run.name=quality-{dataset_name}-{recipe}{suffix}",
                           "train.progress=false",
                           *([f"dataset.validation_fraction={hold_out}"] if hold_out else []), *overrides])
-    _, run_dir = resolve_run(config)
-    if fresh and run_dir.exists():
+    _, run_dir = resolve_run(config)  # under .bench/runs: a local path
+    if fresh and Path(run_dir).exists():
         shutil.rmtree(run_dir)
     run_training(config)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    history = [json.loads(line) for line in (Path(run_dir) / "history.jsonl").read_text().splitlines()]
     train = {"train_s": sum(h["seconds"] for h in history), "epochs": len(history)}
     rows = {recipe: {**{k: metrics[k] for k in metrics if not isinstance(metrics[k], dict)}, **train}}
     if hold_out:
@@ -191,7 +191,7 @@ def run_recipe(dataset_name: str, recipe: str, overrides: list[str], fresh: bool
     return rows
 
 
-def calibrated_test_metrics(run_dir: Path, record: dict) -> dict:
+def calibrated_test_metrics(run_dir: str, record: dict) -> dict:
     """Test metrics of the calibrated checkpoint with the settings the calibration chose (fused score)."""
     run = TrainedRun.open(run_dir, record["checkpoint"])
     fusion.apply(run.config.model, record["selected"])

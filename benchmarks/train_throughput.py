@@ -28,6 +28,7 @@ import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -133,7 +134,7 @@ def sync(device: torch.device) -> None:
 def measure(config: ExperimentConfig, steps: int, profile: int = 0) -> dict:
     config, run_dir = resolve_run(config, "throughput-benchmark")
     ensure_prepared(config)
-    trainer = Trainer(config, run_dir / "unused")
+    trainer = Trainer(config, Path(run_dir) / "unused")
     trainer.epoch = config.mining.start_epoch  # steady state: clustered batches, hard negatives on
     trainer.planner.refresh(trainer.epoch)
     trainer.plan = trainer.planner.plan(trainer.epoch)

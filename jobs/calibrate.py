@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 
+import _bootstrap  # noqa: F401  (xmc from this checkout where it is not installed)
+
+from xmc import storage
 from xmc.cli import add_config_arguments, config_from_args, run_cli
-from xmc.config import resolve_path
 
 
 def main() -> int:
@@ -33,7 +35,7 @@ def main() -> int:
 
     from xmc.evaluation.calibration import calibrate_run
 
-    record = calibrate_run(resolve_path(args.run), config)
+    record = calibrate_run(args.run, config)
     shown = ("P@1", "P@5", "nDCG@5", "PSP@1", "PSP@5", "top1_cold_start")
     print("| clf_untrained | de_weight | cold_start_offset | " + " | ".join(shown) + " |")
     print("|---|---|---|" + "---|" * len(shown))
@@ -45,7 +47,7 @@ def main() -> int:
           f"{100 * record['validation_positives_on_cold_start_labels']:.1f}% of positives on them")
     print(f"selected by validation {record['metric']}: {json.dumps(record['selected'])} "
           f"({record['validation'][record['metric']]:.2f}); "
-          f"wrote {resolve_path(args.run) / 'calibration.json'}")
+          f"wrote {storage.join(storage.resolve(args.run), 'calibration.json')}")
     return 0
 
 

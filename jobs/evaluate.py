@@ -17,14 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 
+import _bootstrap  # noqa: F401  (xmc from this checkout where it is not installed)
+
+from xmc import storage
 from xmc.cli import add_config_arguments, config_from_args, run_cli
-from xmc.config import ConfigError, resolve_path
+from xmc.config import ConfigError
 from xmc.data.dataset import PreparedDataset
 from xmc.evaluation.evaluator import evaluate_predictions
 from xmc.evaluation.predictions import load_predictions, save_predictions
 from xmc.evaluation.retrieval import zero_shot_predict
 from xmc.experiment import ExperimentConfig
-from xmc.io import write_json
 
 
 def main() -> int:
@@ -44,33 +46,33 @@ def main() -> int:
     data_dir = args.data or config.dataset.prepared
     if not data_dir:
         raise ConfigError("give --data (or a --config whose dataset section sets prepared)")
-    dataset = PreparedDataset(resolve_path(data_dir))
+    dataset = PreparedDataset(data_dir)
     n_test = dataset.num_points("test")
 
     if args.predictions:
-        indices, scores = load_predictions(resolve_path(args.predictions), n_test, dataset.num_labels)
-        metrics_path = resolve_path(args.out) if args.out else None
+        indices, scores = load_predictions(args.predictions, n_test, dataset.num_labels)
+        metrics_path = storage.resolve(args.out) if args.out else None
     else:
         if not args.out:
             raise ConfigError("--encoder and --bundle need --out DIR for PRED.npz and metrics.json")
         if args.bundle:
             from xmc.index.predictor import Predictor
 
-            predictor = Predictor.from_bundle(resolve_path(args.bundle), labels=False)
+            predictor = Predictor.from_bundle(args.bundle, labels=False)
             texts = dataset.texts("test", predictor.bundle.manifest["query"]["text_fields"])
             indices, scores = predictor.topk(texts, config.eval.top_k)
         else:
             config.encoder.model = args.encoder
             indices, scores = zero_shot_predict(dataset, config.dataset, config.encoder, config.eval,
                                                 progress=not args.quiet)
-        out_dir = resolve_path(args.out)
-        save_predictions(out_dir / "PRED.npz", indices, scores)
-        metrics_path = out_dir / "metrics.json"
+        out = storage.resolve(args.out)
+        save_predictions(storage.join(out, "PRED.npz"), indices, scores)
+        metrics_path = storage.join(out, "metrics.json")
 
     metrics = evaluate_predictions(dataset, indices, scores, config.dataset.propensity_a,
                                    config.dataset.propensity_b)
     if metrics_path is not None:
-        write_json(metrics_path, metrics)
+        storage.write_json(metrics_path, metrics)
         print(f"wrote {metrics_path}")
     print(json.dumps(metrics, indent=1))
     return 0

@@ -20,16 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 
+import _bootstrap  # noqa: F401  (xmc from this checkout where it is not installed)
+
 from xmc.cli import add_config_arguments, config_from_args, run_cli
-from xmc.config import resolve_path
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True,
-                        help="run directory of jobs/train.py (config.yaml + checkpoints)")
-    parser.add_argument("--out", required=True, help="bundle directory to write (replaced if it exists)")
+                        help="run of jobs/train.py (config.yaml + checkpoints): a path or a storage URI")
+    parser.add_argument("--out", required=True,
+                        help="bundle to write (replaced if it exists): a path or a storage URI")
     parser.add_argument("--shards", type=int, help="label index shards (default 1; same as --set shards=N)")
     add_config_arguments(parser)
     args = parser.parse_args()
@@ -40,11 +42,12 @@ def main() -> int:
         args.overrides = [f"shards={args.shards}", *args.overrides]
     config = config_from_args(ExportConfig, args)
 
+    from xmc.index.bundle import Bundle
     from xmc.index.export import check_bundle, export_run
 
-    out = export_run(resolve_path(args.run), resolve_path(args.out), config)
+    out = export_run(args.run, args.out, config)
     check_bundle(out)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = Bundle(out).manifest
     print(f"wrote {out}")
     print(json.dumps({"version": manifest["version"], **manifest["counts"],
                       "indexes": [s["index"] for s in manifest["shards"]]}, indent=1))

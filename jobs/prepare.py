@@ -12,8 +12,11 @@ import argparse
 import json
 import time
 
+import _bootstrap  # noqa: F401  (xmc from this checkout where it is not installed)
+
+from xmc import storage
 from xmc.cli import add_config_arguments, config_from_args, run_cli
-from xmc.config import ConfigError, resolve_path
+from xmc.config import ConfigError
 from xmc.data.prepare import prepare_dataset
 from xmc.experiment import ExperimentConfig
 
@@ -35,10 +38,9 @@ def main() -> int:
                           "(or a --config whose dataset section sets source and prepared)")
 
     started = time.perf_counter()
-    manifest, changed = prepare_dataset(resolve_path(source), resolve_path(out),
-                                        config.dataset.allow_empty_text)
+    manifest, changed = prepare_dataset(source, out, config.dataset.allow_empty_text)
     status = "prepared" if changed else "up to date (no-op)"
-    print(f"{status}: {resolve_path(out)} in {time.perf_counter() - started:.1f}s")
+    print(f"{status}: {storage.resolve(out)} in {time.perf_counter() - started:.1f}s")
     print(json.dumps(manifest["counts"]))
     for split, stats in manifest["splits"].items():
         if stats["duplicate_labels_merged"]:
@@ -52,7 +54,7 @@ def main() -> int:
         from xmc.data.dataset import PreparedDataset
         from xmc.models.encoder import resolve_model_dir  # imports torch: only when tokenising
 
-        dataset = PreparedDataset(resolve_path(out))
+        dataset = PreparedDataset(out)
         cache = dataset.token_cache(resolve_model_dir(config.encoder.model), config.dataset.max_len,
                                     config.dataset.query_text, config.dataset.label_text,
                                     progress=not args.quiet)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import _bootstrap  # noqa: F401  (xmc from this checkout where it is not installed)
+
 from xmc.cli import add_config_arguments, config_from_args, config_name, run_cli
 from xmc.experiment import ExperimentConfig
 
@@ -30,12 +32,10 @@ def main() -> int:
 
     from xmc.training.driver import run_training
 
-    result, run_dir = run_training(config, default_name=config_name(args))
-    metrics_path = run_dir / "metrics.json"
-    print(f"run directory: {run_dir}")
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=1))
+    result, run_location = run_training(config, default_name=config_name(args))
+    print(f"run: {run_location}")
+    # what the last epoch reported to Ray: its metrics.json holds every predictor's
+    print(json.dumps(result.metrics or {}, indent=1))
     return 0
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import _bootstrap  # noqa: F401  (xmc from this checkout where it is not installed)
+
 from xmc.cli import run_cli
 
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from xmc.config import resolve_path
+from xmc import storage
 from xmc.index.bundle import Bundle
 from xmc.index.predictor import Predictor
 from xmc.index.shards import merge_topk
@@ -195,7 +195,7 @@ class Ingress:
         finally:
             self.encoder_idle.set()
         k = max(k for _, k in requests)  # a shard's top-k_i is a prefix of its top-k: one search serves all
-        path = str(loaded.bundle.directory)
+        path = loaded.bundle.location
         parts = await asyncio.gather(*[shard.search.remote(vectors, k, loaded.version, path)
                                        for shard in self.shards])
         scores, ids = merge_topk(list(parts), k)
@@ -247,8 +247,8 @@ class AppArgs(BaseModel):
 def app(args: dict) -> serve.Application:
     """Build the application for a bundle; ``shards`` (if given) must match the bundle's shard count."""
     settings = AppArgs(**args)
-    # relative: against $XMC_WORKDIR (set it on a cluster), else cwd
-    path = str(resolve_path(settings.bundle))
+    # a storage URI, or a path (relative: against $XMC_WORKDIR, else the current directory)
+    path = storage.resolve(settings.bundle)
     bundle = Bundle(path)
     if settings.shards is not None and settings.shards != bundle.num_shards:
         raise ValueError(f"shards={settings.shards} but bundle {path} was exported with {bundle.num_shards} "

@@ -111,6 +111,64 @@ def small_cooking(tmp_path_factory, cooking_source) -> Path:
     return root / "prepared"
 
 
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A one-layer, 32-wide BERT with the default encoder's tokenizer (random weights): for tests of plumbing
+    (storage, checkpoints, bundles), where the real encoder's size only costs time."""
+    import importlib
+
+    from xmc.models.encoder import resolve_model_dir
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    tiny = importlib.import_module("benchmarks.tiny_encoder")
+    return tiny.write_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), resolve_model_dir("default"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+#: Credentials of the loopback S3 server (any value works; pyarrow and Ray workers read them from the env).
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3-compatible server on 127.0.0.1 (moto, in a thread of this process) for storage that no process
+    shares by path; stopped at the end of the session."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(S3_ENV)
+    yield f"127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    """A new, empty bucket on the loopback server: its URI, with the endpoint options every process needs."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    name = f"xmc-{uuid.uuid4().hex[:12]}"
+    options = f"endpoint_override={s3_endpoint}&scheme=http"
+    filesystem, _ = pafs.FileSystem.from_uri(f"s3://{name}?{options}&allow_bucket_creation=true")
+    filesystem.create_dir(name)
+    return f"s3://{name}?{options}"
+
+
 def start_ray() -> None:
     """A fresh local Ray on 127.0.0.1 for a test module (2 CPUs, no dashboard), replacing any Ray that an
     earlier in-process run (Ray Train's local mode) left initialised."""

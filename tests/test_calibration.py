@@ -55,7 +55,7 @@ def wordnet_run(tmp_path_factory, ray_session) -> Path:
     config = load_config(ExperimentConfig, REPO / "configs" / "wordnet.yaml",
                          [f"{k}={v}" for k, v in values.items()])
     _, run_dir = run_training(config)
-    return run_dir
+    return Path(run_dir)
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,7 @@ def test_gpu_share_reaches_ray_and_sets_how_many_tune_trials_share_a_gpu(tmp_pat
 
     config = load_config(ExperimentConfig, None, ["train.use_gpu=true", "train.gpus_per_worker=0.3",
                                                   "run.name=share", f"run.storage={tmp_path}"])
-    scaling = build_trainer(config, tmp_path / "share").scaling_config
+    scaling = build_trainer(config, str(tmp_path / "share")).scaling_config
     assert scaling.use_gpu and scaling.resources_per_worker == {"CPU": 0.99, "GPU": 0.3}
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})

@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 
 from xmc import Predictor, checkpoint
-from xmc.config import dump_yaml, load_config
+from xmc.config import load_config
 from xmc.experiment import ExperimentConfig
 from xmc.index.config import ExportConfig
 from xmc.index.export import export_run
-from xmc.io import write_text
 from xmc.mining.ann import build_index, search
 from xmc.mining.config import AnnConfig
 from xmc.scoring import fusion
 from xmc.scoring.run import TrainedRun
-from xmc.training.driver import resolve_run
+from xmc.training.driver import resolve_run, write_run_config
 from xmc.training.session import Session
 from xmc.training.trainer import Trainer
 
@@ -34,7 +33,7 @@ def trained(small_cooking, tmp_path_factory) -> Trainer:
         "eval.top_k=10",
         f"run.storage={tmp_path_factory.mktemp('runs')}"])
     config, run_dir = resolve_run(config, "scoring")
-    write_text(run_dir / "config.yaml", dump_yaml(config))
+    write_run_config(config, run_dir)
     trainer = Trainer(config, run_dir, Session(run_dir))
     trainer.fit()
     trainer.scoring.model.eval()
@@ -52,7 +51,7 @@ def restored(trained, monkeypatch_module):
         return load_state(directory, name)
 
     monkeypatch_module.setattr(checkpoint, "load_state", recording)
-    run = TrainedRun.open(trained.reporter.run_dir)
+    run = TrainedRun.open(trained.reporter.location)
     scoring = run.scoring_model(device="cpu")
     return run, scoring, read
 
@@ -65,7 +64,7 @@ def monkeypatch_module():
 
 def test_a_checkpoint_scores_like_the_trained_model_without_training_state(trained, restored):
     run, scoring, read = restored
-    assert run.checkpoint.name == "checkpoint_epoch001_step0000003"
+    assert run.checkpoint_name == run.checkpoint.name == "checkpoint_epoch001_step0000003"
     assert {"optimizer", "trainer"}.isdisjoint(read) and "model" in read and "table-rank0000" in read
     assert np.array_equal(scoring.cold_start, trained.data.cold_start) and len(scoring.cold_start) > 0
     before, after = trained.scoring.head_vectors(), scoring.head_vectors()
@@ -120,10 +119,10 @@ def test_the_folded_vectors_compute_the_fused_score():
 
 def test_an_exported_bundle_answers_like_the_model(trained, restored, tmp_path):
     run, scoring, _ = restored
-    bundle = export_run(run.directory, tmp_path / "bundle",
+    bundle = export_run(run.location, tmp_path / "bundle",
                         ExportConfig(shards=2, ann=AnnConfig(kind="flat")))
     predictor = Predictor.from_bundle(bundle)
-    assert predictor.version.startswith(f"{run.directory.name}-epoch001_step0000003-")
+    assert predictor.version.startswith(f"{run.name}-epoch001_step0000003-")
     texts = run.dataset.texts("test")
     ids, scores = predictor.topk(texts, 5)
     # the same ranking as an exact search of the model's own folded vectors
@@ -154,11 +153,11 @@ def test_an_export_may_choose_how_labels_without_training_data_are_scored(restor
     import faiss
 
     run, scoring, _ = restored
-    bundle = export_run(run.directory, tmp_path / "bundle",
+    bundle = export_run(run.location, tmp_path / "bundle",
                         ExportConfig(clf_untrained="label_text", ann=AnnConfig(kind="flat")))
     assert (Predictor.from_bundle(bundle, encoder=False).bundle.manifest["query"]["heads"]["clf_untrained"]
             == "label_text")
-    index = faiss.read_index(str(bundle / "shards" / "00000" / "index.faiss"))
+    index = faiss.read_index(str(tmp_path / "bundle" / "shards" / "00000" / "index.faiss"))
     vectors = index.reconstruct_n(0, index.ntotal)
     d = scoring.de_dim
     table = scoring.classifier.full_normalized().numpy()

@@ -41,7 +41,7 @@ def trained_run(tmp_path_factory, cooking_source, ray_session) -> Path:
     config = load_config(ExperimentConfig, REPO / "configs" / "demo.yaml",
                          [f"{k}={v}" for k, v in values.items()])
     _, run_dir = run_training(config)
-    return run_dir
+    return Path(run_dir)
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,8 @@ def load(subset, storage, name, **extra) -> ExperimentConfig:
                        overrides(subset, storage, name, **extra))
 
 
-def metrics_of(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
+def metrics_of(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
 
 
 # Runs compared with each other use no dropout: then 1 and 2 workers differ only in float summation order,
@@ -66,7 +66,7 @@ def reference_run(subset, tmp_path_factory, ray_session) -> Path:
 
     storage = tmp_path_factory.mktemp("runs")
     _, run_dir = run_training(load(subset, storage, "reference", **NO_DROPOUT, **{"train.num_workers": 1}))
-    return run_dir
+    return Path(run_dir)
 
 
 def test_local_mode_training_beats_zero_shot_and_writes_the_run(subset, tmp_path, monkeypatch):
@@ -89,6 +89,7 @@ def test_local_mode_training_beats_zero_shot_and_writes_the_run(subset, tmp_path
     baseline = metrics_of(zero_shot)
 
     result, run_dir = run_training(load(subset, tmp_path, "local", **{"train.num_workers": 0}))
+    run_dir = Path(run_dir)
     metrics = metrics_of(run_dir)
     assert metrics["epoch"] == 2
     for predictor in ("de", "clf", "fused"):
@@ -133,7 +134,7 @@ def test_rerunning_a_finished_run_trains_nothing_and_reports_its_final_metrics(s
     stamp, checkpoints = history.stat().st_mtime_ns, sorted(reference_run.glob("checkpoint_epoch*"))
     config, run_dir = resolve_run(load(subset, reference_run.parent, "reference", **NO_DROPOUT,
                                        **{"train.num_workers": 1}), "run")
-    assert run_dir == reference_run
+    assert Path(run_dir) == reference_run
     build_trainer(config, run_dir, callbacks=[WriteReports()]).fit()
     assert (history.stat().st_mtime_ns == stamp
             and sorted(reference_run.glob("checkpoint_epoch*")) == checkpoints)
@@ -148,6 +149,7 @@ def test_two_workers_reach_the_quality_of_one(subset, tmp_path, reference_run):
     from xmc.training.driver import run_training
 
     _, run_dir = run_training(load(subset, tmp_path, "two", **NO_DROPOUT, **{"train.num_workers": 2}))
+    run_dir = Path(run_dir)
     one, two = metrics_of(reference_run), metrics_of(run_dir)
     history_one = [json.loads(x) for x in (reference_run / "history.jsonl").read_text().splitlines()]
     history_two = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]

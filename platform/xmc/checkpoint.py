@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from xmc import storage
 from xmc.config import ConfigError
 from xmc.io import atomic_path
 
@@ -162,15 +163,16 @@ def read_rows(directory: str | os.PathLike, part: str, keys: tuple[str, ...], nu
     return out
 
 
-def find_checkpoint(run_dir: str | os.PathLike, name: str = "") -> Path:
-    """The run's checkpoint directory ``name``, or its latest (names sort by epoch, then step)."""
-    run_dir = Path(run_dir)
-    found = sorted(p for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and has_state(p, MODEL))
+def find_checkpoint(run_location: str | os.PathLike, name: str = "") -> str:
+    """The name of the run's checkpoint directory ``name``, or of its latest (names sort by epoch, then
+    step). ``run_location`` is a path or a storage URI (:mod:`xmc.storage`)."""
+    found = [entry for entry in storage.list_dir(run_location) if entry.startswith(CHECKPOINT_PREFIX)
+             and storage.is_file(storage.join(run_location, entry, f"{MODEL}.json"))]
     if name:
-        match = [p for p in found if p.name == name]
-        if not match:
-            raise ConfigError(f"checkpoint: {name!r} not in {run_dir}; found {[p.name for p in found]}")
-        return match[0]
+        if name not in found:
+            raise ConfigError(f"checkpoint: {name!r} not in {run_location}; found {found}")
+        return name
     if not found:
-        raise ConfigError(f"--run: {run_dir} holds no checkpoint; expected a run directory of jobs/train.py")
+        raise ConfigError(f"--run: {run_location} holds no checkpoint; expected a run directory of "
+                          "jobs/train.py")
     return found[-1]

@@ -1,8 +1,13 @@
-"""Read access to a prepared dataset (see :mod:`xmc.data.prepare` for the layout)."""
+"""Read access to a prepared dataset (see :mod:`xmc.data.prepare` for the layout), on this machine's file
+system or in remote storage (:mod:`xmc.storage`): Parquet is read through pyarrow's file systems, and the
+token caches, which are memory-mapped, are built next to the data when it is local and in this node's cache
+when it is not."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from xmc import storage
 from xmc.data.errors import DataError
 from xmc.data.prepare import MANIFEST, SCHEMA_VERSION, read_manifest
 from xmc.data.propensity import inverse_propensity
@@ -17,30 +23,45 @@ from xmc.data.tokens import TokenCache, ensure_token_cache, iter_texts
 
 
 class PreparedDataset:
-    """A prepared dataset directory: label matrices, filters, texts and token caches."""
+    """A prepared dataset: label matrices, filters, texts and token caches."""
 
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-        manifest = read_manifest(self.directory)
+    def __init__(self, location: str | os.PathLike):
+        self.location = storage.resolve(location)
+        self.fs, self.root = storage.filesystem(self.location)
+        manifest = read_manifest(self.location)
         if manifest is None:
-            raise DataError(self.directory / MANIFEST, None,
+            raise DataError(storage.join(self.location, MANIFEST), None,
                             "missing or unreadable; expected a dataset prepared by jobs/prepare.py")
         if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise DataError(self.directory / MANIFEST, None,
+            raise DataError(storage.join(self.location, MANIFEST), None,
                             f"schema version {manifest.get('schema_version')} but this code reads "
                             f"{SCHEMA_VERSION}; rerun jobs/prepare.py")
         self.manifest = manifest
         self.name: str = manifest["name"]
         self.num_labels: int = int(manifest["counts"]["labels"])
 
+    @property
+    def directory(self) -> Path:
+        """The dataset's directory, when it is on this machine's file system."""
+        return storage.local_path(self.location)
+
     def num_points(self, split: str) -> int:
         return int(self.manifest["counts"][split])
+
+    def _path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    def parquet(self, split: str) -> pq.ParquetFile:
+        """A split's Parquet file ("train", "test" or "labels"), opened for streaming reads."""
+        return pq.ParquetFile(self.fs.open_input_file(self._path(f"{split}.parquet")))
+
+    def _table(self, name: str, columns: list[str] | None = None):
+        return pq.read_table(self._path(name), columns=columns, filesystem=self.fs)
 
     @functools.lru_cache(maxsize=None)
     def label_matrix(self, split: str) -> sp.csr_matrix:
         """Binary ``points × labels`` CSR matrix of a split (relevance values are not used for ranking)."""
-        column = pq.read_table(self.directory / f"{split}.parquet", columns=["label_ids"]).column("label_ids")
-        column = column.combine_chunks()
+        column = self._table(f"{split}.parquet", ["label_ids"]).column("label_ids").combine_chunks()
         offsets = column.offsets.to_numpy().astype(np.int64)
         offsets = offsets - offsets[0]
         indices = column.values.to_numpy().astype(np.int32)
@@ -52,10 +73,10 @@ class PreparedDataset:
     @functools.lru_cache(maxsize=None)
     def filter_matrix(self, split: str) -> sp.csr_matrix | None:
         """Reciprocal pairs to drop from this split's predictions, or None when the source had no file."""
-        path = self.directory / f"filter_{split}.parquet"
-        if not path.is_file():
+        name = f"filter_{split}.parquet"
+        if name not in self.manifest.get("files", {}):
             return None
-        table = pq.read_table(path)
+        table = self._table(name)
         rows = table.column("row").to_numpy()
         cols = table.column("label").to_numpy()
         return sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)),
@@ -74,11 +95,19 @@ class PreparedDataset:
 
     def texts(self, split: str, fields: str = "title") -> list[str]:
         """All texts of ``split`` ("train", "test" or "labels"); for small sets and serving exports."""
-        return [t for chunk in iter_texts(self.directory / f"{split}.parquet", fields) for t in chunk]
+        return [t for chunk in iter_texts(self.parquet(split), fields) for t in chunk]
 
     def uids(self, split: str) -> list[str]:
-        return pq.read_table(self.directory / f"{split}.parquet", columns=["uid"]).column("uid").to_pylist()
+        return self._table(f"{split}.parquet", ["uid"]).column("uid").to_pylist()
+
+    def token_cache_dir(self) -> Path:
+        """Where this dataset's token caches live on this node (see :mod:`xmc.data.tokens`)."""
+        if storage.is_local(self.location):
+            return self.directory / "tokens"
+        content = hashlib.sha256(json.dumps(self.manifest["files"], sort_keys=True).encode()).hexdigest()[:12]
+        return storage.cache_root() / "tokens" / f"{self.name}-{content}"
 
     def token_cache(self, model_dir: Path, max_len: int, query_text: str, label_text: str,
                     progress: bool = True) -> TokenCache:
-        return ensure_token_cache(self.directory, model_dir, max_len, query_text, label_text, progress)
+        return ensure_token_cache(self.parquet, self.token_cache_dir(), model_dir, max_len, query_text,
+                                  label_text, progress)

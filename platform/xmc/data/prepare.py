@@ -1,6 +1,7 @@
 """Turn raw XMC files into a prepared dataset directory.
 
-Layout written (everything into a temporary directory that is renamed onto ``out`` at the end)::
+Layout written (everything into a temporary directory that is renamed onto ``out`` at the end, or uploaded
+to it, manifest last, when ``out`` is a storage URI)::
 
     out/manifest.json          counts, label statistics, source file hashes, schema version, options
     out/labels.parquet         uid, title, content
@@ -8,7 +9,8 @@ Layout written (everything into a temporary directory that is renamed onto ``out
     out/test.parquet           same columns
     out/filter_test.parquet    row, label (only when the source has filter_labels_test.txt)
     out/filter_train.parquet   row, label (only when the source has filter_labels_train.txt)
-    out/tokens/<key>/          token caches, added later per (tokenizer, max_len, text fields)
+    out/tokens/<key>/          token caches, added later per (tokenizer, max_len, text fields), when
+                               ``out`` is local (see :mod:`xmc.data.tokens`)
 
 Input is streamed chunk by chunk into Parquet row groups, so peak memory is bounded by the chunk size and
 the per-label counters, not by the input size. Rerunning on unchanged input (same file hashes, same schema
@@ -20,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from xmc.data.readers import (
     read_sparse_labels,
     read_sparse_points,
 )
+from xmc import storage
 from xmc.io import atomic_dir, sha256_file, write_json
 
 SCHEMA_VERSION = 1
@@ -173,61 +177,91 @@ def _write_filter(path_in: Path, num_rows: int, num_labels: int, path_out: Path)
     return table.num_rows
 
 
-def read_manifest(out: Path) -> dict | None:
+def read_manifest(location: str | os.PathLike) -> dict | None:
+    """The manifest of a prepared dataset at ``location`` (a path or a storage URI), or None."""
+    path = storage.join(storage.resolve(location), MANIFEST)
+    if not storage.is_file(path):
+        return None
     try:
-        return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        return json.loads(storage.read_text(path))
+    except json.JSONDecodeError:
         return None
 
 
-def _is_current(out: Path, fingerprint: dict, options: dict) -> bool:
-    manifest = read_manifest(out)
+def _is_current(location: str, fingerprint: dict, options: dict) -> bool:
+    manifest = read_manifest(location)
     if manifest is None or manifest.get("schema_version") != SCHEMA_VERSION:
         return False
     if manifest.get("source", {}).get("files") != fingerprint or manifest.get("options") != options:
         return False
-    return all((out / name).is_file() and (out / name).stat().st_size == meta["bytes"]
-               for name, meta in manifest.get("files", {}).items())
+    fs, root = storage.filesystem(location)
+    names = list(manifest.get("files", {}))
+    infos = fs.get_file_info([f"{root.rstrip('/')}/{name}" for name in names])
+    return all(info.size == manifest["files"][name]["bytes"] for name, info in zip(names, infos))
 
 
 def prepare_dataset(source: str | os.PathLike, out: str | os.PathLike, allow_empty_text: bool = False,
                     chunk_rows: int = DEFAULT_CHUNK_ROWS) -> tuple[dict, bool]:
     """Prepare ``source`` into ``out``. Returns ``(manifest, changed)``; ``changed`` is False for a no-op.
 
+    Either may be a path or a storage URI (:mod:`xmc.storage`): a remote source is read from a temporary
+    copy, and a dataset for remote storage is written locally and uploaded, manifest last.
     ``allow_empty_text`` keeps rows whose title is empty (counted in the manifest) instead of failing.
     """
-    source, out = Path(source), Path(out)
+    source, out = storage.resolve(source), storage.resolve(out)
+    if not storage.is_local(source):
+        if not storage.is_dir(source):
+            raise DataError(source, None, "source directory not found")
+        with tempfile.TemporaryDirectory(prefix="xmc-source-") as tmp:
+            copy = storage.download_dir(source, Path(tmp) / storage.name(source))
+            return _prepare(copy, source, out, allow_empty_text, chunk_rows)
+    return _prepare(storage.local_path(source), source, out, allow_empty_text, chunk_rows)
+
+
+def _prepare(source: Path, source_location: str, out: str, allow_empty_text: bool, chunk_rows: int
+             ) -> tuple[dict, bool]:
     layout = detect_layout(source)
     fingerprint = source_fingerprint(layout)
     options = {"allow_empty_text": allow_empty_text}
     if _is_current(out, fingerprint, options):
         return read_manifest(out), False
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and read_manifest(out) is None)):
+    if storage.is_file(out) or (storage.list_dir(out) and read_manifest(out) is None):
         raise DataError(out, None, "exists and is not a prepared dataset; refusing to overwrite it "
                                    "(choose an empty or new --out directory)")
-
-    with atomic_dir(out) as tmp:
-        num_labels = _write_labels(layout, tmp / "labels.parquet", chunk_rows, allow_empty_text)
-        splits = {split: _write_points(layout, split, num_labels, tmp / f"{split}.parquet", chunk_rows,
-                                       allow_empty_text)
-                  for split in ("train", "test")}
-        filters = {}
-        for split, path in layout.filters.items():
-            filters[split] = _write_filter(path, splits[split]["points"], num_labels,
-                                           tmp / f"filter_{split}.parquet")
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-                 for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "name": source.name,
-            "format": layout.kind,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "counts": {"train": splits["train"]["points"], "test": splits["test"]["points"],
-                       "labels": num_labels, **{f"filter_{s}": n for s, n in filters.items()}},
-            "splits": splits,
-            "options": options,
-            "source": {"dir": str(source.resolve()), "files": fingerprint},
-            "files": files,
-        }
-        write_json(tmp / MANIFEST, manifest)
+    if storage.is_local(out):
+        with atomic_dir(storage.local_path(out)) as tmp:
+            manifest = _write_dataset(layout, source_location, fingerprint, options, tmp, chunk_rows)
+        return manifest, True
+    with tempfile.TemporaryDirectory(prefix="xmc-prepared-") as tmp:
+        manifest = _write_dataset(layout, source_location, fingerprint, options, Path(tmp), chunk_rows)
+        storage.upload_dir(tmp, out)
     return manifest, True
+
+
+def _write_dataset(layout: SourceLayout, source_location: str, fingerprint: dict, options: dict, out: Path,
+                   chunk_rows: int) -> dict:
+    allow_empty_text = options["allow_empty_text"]
+    num_labels = _write_labels(layout, out / "labels.parquet", chunk_rows, allow_empty_text)
+    splits = {split: _write_points(layout, split, num_labels, out / f"{split}.parquet", chunk_rows,
+                                   allow_empty_text)
+              for split in ("train", "test")}
+    filters = {}
+    for split, path in layout.filters.items():
+        filters[split] = _write_filter(path, splits[split]["points"], num_labels,
+                                       out / f"filter_{split}.parquet")
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(out.iterdir()) if p.is_file()}
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": storage.name(source_location),
+        "format": layout.kind,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "counts": {"train": splits["train"]["points"], "test": splits["test"]["points"],
+                   "labels": num_labels, **{f"filter_{s}": n for s, n in filters.items()}},
+        "splits": splits,
+        "options": options,
+        "source": {"dir": source_location, "files": fingerprint},
+        "files": files,
+    }
+    write_json(out / MANIFEST, manifest)
+    return manifest

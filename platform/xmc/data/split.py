@@ -12,7 +12,8 @@ from xmc.data.dataset import PreparedDataset
 
 
 def split_validation(rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(train_rows, validation_rows)``: a fixed random hold-out of ``fraction`` of ``rows`` (both sorted)."""
+    """``(train_rows, validation_rows)``: a fixed random hold-out of ``fraction`` of ``rows`` (both
+    sorted)."""
     if fraction <= 0:
         return rows, rows[:0]
     count = max(1, int(round(len(rows) * fraction)))

@@ -3,29 +3,32 @@
 Stored as ``.npy`` files opened as memory maps, so training workers share pages through the OS instead of
 each holding Python lists of millions of strings::
 
-    <dataset>/tokens/<key>/meta.json
-    <dataset>/tokens/<key>/{train,test,labels}.ids.npy   int32 [n, max_len], padded with the pad id
-    <dataset>/tokens/<key>/{train,test,labels}.len.npy   int32 [n], tokens before padding
+    <cache dir>/<key>/meta.json
+    <cache dir>/<key>/{train,test,labels}.ids.npy   int32 [n, max_len], padded with the pad id
+    <cache dir>/<key>/{train,test,labels}.len.npy   int32 [n], tokens before padding
 
-Several Ray workers may ask for the same cache at once: a file lock makes one build it while the others wait.
+The cache directory is ``<dataset>/tokens`` for a dataset on this machine's file system, and a directory of
+this node's cache (:func:`xmc.storage.cache_root`) for one in remote storage, keyed by the dataset's content.
+Several workers of a node may ask for the same cache at once: a file lock makes one build it while the
+others wait.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from xmc.io import atomic_dir, write_json
+from xmc.storage import file_lock
 
 if TYPE_CHECKING:
     import torch
@@ -86,26 +89,16 @@ def join_text(title: str, content: str, fields: str) -> str:
     return title
 
 
-def iter_texts(parquet_path: Path, fields: str, batch_rows: int = _BATCH) -> Iterator[list[str]]:
+def iter_texts(parquet: pq.ParquetFile, fields: str, batch_rows: int = _BATCH) -> Iterator[list[str]]:
+    """The texts of a Parquet file of a prepared dataset, in chunks of ``batch_rows``."""
     columns = ["title", "content"] if fields == "title+content" else ["title"]
-    for batch in pq.ParquetFile(parquet_path).iter_batches(batch_size=batch_rows, columns=columns):
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
         titles = batch.column("title").to_pylist()
         if fields == "title+content":
             contents = batch.column("content").to_pylist()
             yield [join_text(t, c, fields) for t, c in zip(titles, contents)]
         else:
             yield titles
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class TokenCache:
@@ -139,9 +132,9 @@ class TokenCache:
         return input_ids, mask.long()
 
 
-def _tokenize_split(tokenizer, parquet_path: Path, fields: str, max_len: int, out_dir: Path, split: str,
+def _tokenize_split(tokenizer, parquet: pq.ParquetFile, fields: str, max_len: int, out_dir: Path, split: str,
                     progress: bool) -> int:
-    num_rows = pq.ParquetFile(parquet_path).metadata.num_rows
+    num_rows = parquet.metadata.num_rows
     ids = np.lib.format.open_memmap(out_dir / f"{split}.ids.npy", mode="w+", dtype=np.int32,
                                     shape=(num_rows, max_len))
     lengths = np.lib.format.open_memmap(out_dir / f"{split}.len.npy", mode="w+", dtype=np.int32,
@@ -149,7 +142,7 @@ def _tokenize_split(tokenizer, parquet_path: Path, fields: str, max_len: int, ou
     start = 0
     with tqdm(total=num_rows, desc=f"tokenize {split}", unit="text", disable=not progress,
               mininterval=2.0) as bar:
-        for texts in iter_texts(parquet_path, fields):
+        for texts in iter_texts(parquet, fields):
             enc = tokenizer(texts, truncation=True, max_length=max_len, padding="max_length",
                             return_attention_mask=True, return_tensors="np")
             stop = start + len(texts)
@@ -163,15 +156,15 @@ def _tokenize_split(tokenizer, parquet_path: Path, fields: str, max_len: int, ou
     return num_rows
 
 
-def ensure_token_cache(dataset_dir: str | os.PathLike, model_dir: Path, max_len: int, query_text: str,
-                       label_text: str, progress: bool = True) -> TokenCache:
-    """Open the cache for these settings, building it first if it does not exist yet."""
-    dataset_dir = Path(dataset_dir)
+def ensure_token_cache(parquet_files: Callable[[str], pq.ParquetFile], cache_dir: Path, model_dir: Path,
+                       max_len: int, query_text: str, label_text: str, progress: bool = True) -> TokenCache:
+    """Open the cache for these settings under ``cache_dir``, building it first if it does not exist yet
+    (``parquet_files(split)`` opens a split of the dataset)."""
     spec = TokenCacheSpec(tokenizer_id(model_dir), max_len, query_text, label_text)
-    final = dataset_dir / "tokens" / spec.key
+    final = Path(cache_dir) / spec.key
     if (final / "meta.json").is_file():
         return TokenCache(final)
-    with _file_lock(dataset_dir / "tokens" / f".{spec.key}.lock"):
+    with file_lock(final.parent / f".{spec.key}.lock"):
         if (final / "meta.json").is_file():  # another worker built it while we waited
             return TokenCache(final)
         tokenizer = load_tokenizer(model_dir)
@@ -179,8 +172,8 @@ def ensure_token_cache(dataset_dir: str | os.PathLike, model_dir: Path, max_len:
             counts = {}
             for split in SPLITS:
                 fields = label_text if split == "labels" else query_text
-                counts[split] = _tokenize_split(tokenizer, dataset_dir / f"{split}.parquet", fields, max_len,
-                                                tmp, split, progress)
+                counts[split] = _tokenize_split(tokenizer, parquet_files(split), fields, max_len, tmp, split,
+                                                progress)
             write_json(tmp / "meta.json", {"tokenizer": spec.tokenizer_id, "model_dir": str(model_dir),
                                            "max_len": max_len, "query_text": query_text,
                                            "label_text": label_text,

@@ -12,19 +12,17 @@ test split is never read.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from xmc import storage
 from xmc.config import ConfigError
 from xmc.evaluation.config import CalibrateConfig
 from xmc.evaluation.evaluator import evaluate_predictions
 from xmc.evaluation.metrics import REPORTED_METRICS
-from xmc.io import write_json
 from xmc.scoring.fusion import SETTINGS, Calibration
 from xmc.scoring.run import TrainedRun
 
@@ -97,7 +95,7 @@ def calibrate_run(run_dir: str | os.PathLike, config: CalibrateConfig) -> dict:
         raise ConfigError(f"metric: {config.metric!r} is not one of {', '.join(REPORTED_METRICS)}")
     run = TrainedRun.open(run_dir, config.checkpoint)
     if run.config.dataset.validation_fraction <= 0:
-        raise ConfigError(f"--run: {run.directory} has no validation hold-out to calibrate on; train it with "
+        raise ConfigError(f"--run: {run.location} has no validation hold-out to calibrate on; train it with "
                           f"--set dataset.validation_fraction=0.05 (or more)")
     started = time.perf_counter()
     scoring = run.scoring_model()
@@ -123,7 +121,7 @@ def calibrate_run(run_dir: str | os.PathLike, config: CalibrateConfig) -> dict:
         results.append((point, metrics))
     best, best_metrics = select(results, config.metric)
     record = {
-        "checkpoint": run.checkpoint.name,
+        "checkpoint": run.checkpoint_name,
         "metric": config.metric,
         "selected": vars(best),
         "validation": best_metrics,
@@ -133,7 +131,7 @@ def calibrate_run(run_dir: str | os.PathLike, config: CalibrateConfig) -> dict:
         "grid": [{**vars(point), **metrics} for point, metrics in results],
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_json(run.directory / CALIBRATION_FILE, record)
+    storage.write_json(storage.join(run.location, CALIBRATION_FILE), record)
     return record
 
 
@@ -146,23 +144,23 @@ def cold_start_share(dataset, rows: np.ndarray, cold_start: np.ndarray) -> float
     return float(np.isin(truth.indices, cold_start).mean())
 
 
-def read_calibration(run_dir: str | os.PathLike, checkpoint: str) -> dict | None:
+def read_calibration(run_location: str | os.PathLike, checkpoint: str) -> dict | None:
     """The run's ``calibration.json`` selection for the checkpoint named ``checkpoint``, or None when the run
     has none.
 
     A calibration chosen for another checkpoint is an error rather than silently reused: the scores of a
     different checkpoint need their own choice (rerun ``jobs/calibrate.py``, or export with calibration=off).
     """
-    path = Path(run_dir) / CALIBRATION_FILE
-    if not path.is_file():
+    path = storage.join(run_location, CALIBRATION_FILE)
+    if not storage.is_file(path):
         return None
     try:
-        record = json.loads(path.read_text())
+        record = storage.read_json(path)
         chosen, calibrated = record["selected"], record["checkpoint"]
         chosen = {key: chosen[key] for key in SETTINGS}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{path}: unreadable calibration ({err!r}); rerun jobs/calibrate.py") from None
     if calibrated != checkpoint:
         raise ConfigError(f"{path}: chosen for {calibrated}, but the export is of {checkpoint}; rerun "
-                          f"jobs/calibrate.py --run {run_dir} or export with --set calibration=off")
+                          f"jobs/calibrate.py --run {run_location} or export with --set calibration=off")
     return chosen

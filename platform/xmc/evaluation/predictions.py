@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
-from pathlib import Path
 
 import numpy as np
 
+from xmc import storage
 from xmc.data.errors import DataError
-from xmc.io import atomic_path
 
 
-def save_predictions(path: str | os.PathLike, indices: np.ndarray, scores: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, indices=np.asarray(indices, dtype=np.int64),
-                 scores=np.asarray(scores, dtype=np.float32))
+def save_predictions(location: str | os.PathLike, indices: np.ndarray, scores: np.ndarray) -> None:
+    """Write a prediction file to a path or a storage URI (whole, or not at all)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, indices=np.asarray(indices, dtype=np.int64), scores=np.asarray(scores, dtype=np.float32))
+    storage.write_bytes(storage.resolve(location), buffer.getvalue())
 
 
 def load_predictions(path: str | os.PathLike, num_rows: int,
                      num_labels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Load and check a prediction file against the test split's size and the label count."""
-    path = Path(path)
-    if not path.is_file():
+    """Load and check a prediction file (a path or a storage URI) against the test split's size and the
+    label count."""
+    path = storage.resolve(path)
+    if not storage.is_file(path):
         raise DataError(path, None, "file not found; expected a .npz with 'indices' and 'scores'")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False) as npz:
             missing = {"indices", "scores"} - set(npz.files)
             if missing:
                 raise DataError(path, None, f"missing array(s) {', '.join(sorted(missing))}; "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xmc import storage
 from xmc.data.errors import DataError
 from xmc.io import sha256_file
 
@@ -46,19 +47,24 @@ def file_digests(directory: Path) -> dict[str, str]:
 
 
 class Bundle:
-    """Read access to an exported bundle; every loader verifies the checksums of the files it reads."""
+    """Read access to an exported bundle at a path or a storage URI; every loader verifies the checksums of
+    the files it reads.
 
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-        path = self.directory / MANIFEST
-        if not self.directory.is_dir():
-            raise BundleError(self.directory,
-                              "no such bundle directory; expected the --out of jobs/export.py")
-        if not path.is_file():
+    A remote bundle's files are copied into this node's cache (:func:`xmc.storage.cache_root`) under its
+    version, part by part as they are loaded: a shard replica fetches its shard, the ingress the encoder and
+    the label texts, never the whole bundle.
+    """
+
+    def __init__(self, location: str | os.PathLike):
+        self.location = storage.resolve(location)
+        path = storage.join(self.location, MANIFEST)
+        if not storage.is_dir(self.location):
+            raise BundleError(self.location, "no such bundle directory; expected the --out of jobs/export.py")
+        if not storage.is_file(path):
             raise BundleError(path, "missing: the bundle is partial or not a bundle "
                                     "(jobs/export.py writes the manifest last); re-export it")
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
+            manifest = json.loads(storage.read_text(path))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise BundleError(path, f"unreadable ({err}); re-export the bundle") from None
         if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
@@ -68,12 +74,33 @@ class Bundle:
         self.version: str = manifest["version"]
         self.num_labels: int = int(manifest["counts"]["labels"])
         self.num_shards: int = int(manifest["counts"]["shards"])
+        self.directory = (storage.local_path(self.location) if storage.is_local(self.location)
+                          else storage.cache_root() / "bundles" / self.version)
+
+    def _fetch(self, files: list[str]) -> None:
+        """Copy the files of a remote bundle this node does not hold yet into its cache directory."""
+        if storage.is_local(self.location):
+            return
+        missing = [rel for rel in files if not (self.directory / rel).is_file()]
+        if not missing:
+            return
+        with storage.file_lock(self.directory.parent / f".{self.version}.lock"):
+            for rel in missing:
+                target = self.directory / rel
+                if target.is_file():  # fetched by another worker while this one waited
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+                tmp.write_bytes(storage.read_bytes(storage.join(self.location, rel)))
+                os.replace(tmp, target)
 
     def verify(self, prefix: str = "") -> None:
         """Check that every manifest file under ``prefix`` exists and has its recorded sha256."""
         files = {rel: digest for rel, digest in self.manifest["files"].items() if rel.startswith(prefix)}
         if not files:
-            raise BundleError(self.directory / prefix, "not listed in the manifest; the bundle is incomplete")
+            raise BundleError(storage.join(self.location, prefix),
+                              "not listed in the manifest; the bundle is incomplete")
+        self._fetch(list(files))
         for rel, expected in files.items():
             path = self.directory / rel
             if not path.is_file():

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from xmc import storage
 from xmc.checkpoint import CHECKPOINT_PREFIX
 from xmc.config import ConfigError, to_dict
 from xmc.evaluation.calibration import read_calibration
@@ -31,7 +33,7 @@ def scoring_settings(run: TrainedRun, config: ExportConfig) -> HeadsConfig:
     """The run's heads with the fused-score settings the bundle gets: the run's own, then its calibration
     for the exported checkpoint (``calibration: auto``), then explicit overrides."""
     heads = run.config.model
-    chosen = read_calibration(run.directory, run.checkpoint.name) if config.calibration == "auto" else None
+    chosen = read_calibration(run.location, run.checkpoint_name) if config.calibration == "auto" else None
     if chosen:
         fusion.apply(heads, chosen)
     if config.clf_untrained:
@@ -63,8 +65,26 @@ def save_backbone(encoder, directory: Path) -> None:
     complete.save_pretrained(directory, safe_serialization=True)
 
 
-def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: ExportConfig) -> Path:
-    """Write the bundle of ``run_dir``'s checkpoint to ``out_dir`` (atomically) and return its path."""
+def export_run(run_location: str | os.PathLike, out: str | os.PathLike, config: ExportConfig) -> str:
+    """Write the bundle of the run's checkpoint to ``out`` and return its location. Both may be paths or
+    storage URIs: a local bundle is written to a temporary directory renamed into place, a remote one is
+    uploaded with its manifest last; either way a bundle with a manifest is complete."""
+    run = TrainedRun.open(run_location, config.checkpoint)
+    out = storage.resolve(out)
+    heads = scoring_settings(run, config)
+    scoring = run.scoring_model()
+    if storage.is_local(out):
+        with atomic_dir(storage.local_path(out)) as tmp:
+            write_bundle(run, scoring, heads, config, tmp)
+    else:
+        with tempfile.TemporaryDirectory(prefix="xmc-export-") as tmp:
+            write_bundle(run, scoring, heads, config, Path(tmp))
+            storage.upload_dir(tmp, out)
+    return out
+
+
+def write_bundle(run: TrainedRun, scoring, heads: HeadsConfig, config: ExportConfig, directory: Path) -> None:
+    """The bundle's files in ``directory`` (manifest last)."""
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -73,59 +93,50 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, config: E
     from xmc.data.tokens import load_tokenizer
     from xmc.mining.ann import build_index, resolved_kind
 
-    run = TrainedRun.open(run_dir, config.checkpoint)
-    out_dir = Path(out_dir)
-    heads = scoring_settings(run, config)
-    scoring = run.scoring_model()
     vectors = scoring.label_vectors()
     experiment, dataset = run.config, run.dataset
     ranges = shard_ranges(len(vectors), config.shards)
-    version = f"{run.directory.name}-{run.checkpoint.name.removeprefix(CHECKPOINT_PREFIX)}-" \
+    version = f"{run.name}-{run.checkpoint_name.removeprefix(CHECKPOINT_PREFIX)}-" \
               f"{hashlib.sha256(vectors.tobytes()).hexdigest()[:10]}"
-
-    with atomic_dir(out_dir) as tmp:
-        model = scoring.model
-        save_backbone(model.encoder, tmp / "encoder")
-        load_tokenizer(model.encoder.model_dir).save_pretrained(str(tmp / "encoder"))
-        query_heads = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
-                       if name.startswith(("de_proj.", "clf_proj."))}
-        save_file(query_heads, str(tmp / "heads.safetensors"))
-        texts = dataset.texts("labels", experiment.dataset.label_text)
-        pq.write_table(pa.table({"id": pa.array(np.arange(len(texts)), pa.int64()),
-                                 "uid": pa.array([str(u) for u in dataset.uids("labels")], pa.string()),
-                                 "text": pa.array(texts, pa.string())}), tmp / "labels.parquet")
-        shards = []
-        for number, (start, stop) in enumerate(ranges):
-            directory = tmp / shard_dir(number)
-            directory.mkdir(parents=True)
-            index = build_index(vectors[start:stop], config.ann, seed=experiment.train.seed)
-            faiss.write_index(index, str(directory / "index.faiss"))
-            np.save(directory / "label_ids.npy", np.arange(start, stop, dtype=np.int64), allow_pickle=False)
-            shards.append({"path": shard_dir(number), "first_label": start, "labels": stop - start,
-                           "index": resolved_kind(config.ann, stop - start)})
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "version": version,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "source": {"run": str(run.directory.resolve()), "checkpoint": run.checkpoint.name,
-                       "dataset": dataset.name},
-            "counts": {"labels": len(vectors), "shards": len(ranges), "dim": int(vectors.shape[1])},
-            "score": fusion.score_formula(heads, scoring.has_classifier),
-            "query": {"max_len": experiment.dataset.max_len, "pooling": experiment.encoder.pooling,
-                      "text_fields": experiment.dataset.query_text,
-                      "batch_size": experiment.encoder.batch_size,
-                      "heads": to_dict(heads)},
-            "shards": shards,
-            "export": to_dict(config),
-            "config": to_dict(experiment),
-        }
-        manifest["files"] = file_digests(tmp)
-        write_json(tmp / MANIFEST, manifest)
-    return out_dir
+    model = scoring.model
+    save_backbone(model.encoder, directory / "encoder")
+    load_tokenizer(model.encoder.model_dir).save_pretrained(str(directory / "encoder"))
+    query_heads = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+                   if name.startswith(("de_proj.", "clf_proj."))}
+    save_file(query_heads, str(directory / "heads.safetensors"))
+    texts = dataset.texts("labels", experiment.dataset.label_text)
+    pq.write_table(pa.table({"id": pa.array(np.arange(len(texts)), pa.int64()),
+                             "uid": pa.array([str(u) for u in dataset.uids("labels")], pa.string()),
+                             "text": pa.array(texts, pa.string())}), directory / "labels.parquet")
+    shards = []
+    for number, (start, stop) in enumerate(ranges):
+        shard = directory / shard_dir(number)
+        shard.mkdir(parents=True)
+        index = build_index(vectors[start:stop], config.ann, seed=experiment.train.seed)
+        faiss.write_index(index, str(shard / "index.faiss"))
+        np.save(shard / "label_ids.npy", np.arange(start, stop, dtype=np.int64), allow_pickle=False)
+        shards.append({"path": shard_dir(number), "first_label": start, "labels": stop - start,
+                       "index": resolved_kind(config.ann, stop - start)})
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "version": version,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": {"run": run.location, "checkpoint": run.checkpoint_name, "dataset": dataset.name},
+        "counts": {"labels": len(vectors), "shards": len(ranges), "dim": int(vectors.shape[1])},
+        "score": fusion.score_formula(heads, scoring.has_classifier),
+        "query": {"max_len": experiment.dataset.max_len, "pooling": experiment.encoder.pooling,
+                  "text_fields": experiment.dataset.query_text, "batch_size": experiment.encoder.batch_size,
+                  "heads": to_dict(heads)},
+        "shards": shards,
+        "export": to_dict(config),
+        "config": to_dict(experiment),
+    }
+    manifest["files"] = file_digests(directory)
+    write_json(directory / MANIFEST, manifest)
 
 
-def check_bundle(out_dir: Path) -> None:
+def check_bundle(location: str | os.PathLike) -> None:
     """Fail loudly if a just-written bundle does not load (all checksums, every shard)."""
-    bundle = Bundle(out_dir)
+    bundle = Bundle(location)
     bundle.verify()
     if sum(int(s["labels"]) for s in bundle.manifest["shards"]) != bundle.num_labels:
-        raise BundleError(out_dir, "shard sizes do not add up to the label count")
+        raise BundleError(location, "shard sizes do not add up to the label count")

@@ -1,16 +1,23 @@
-"""A finished (or checkpointed) training run, opened for inference: config, dataset and a checkpoint."""
+"""A finished (or checkpointed) training run, opened for inference: config, dataset and a checkpoint.
+
+The run may be in remote storage (:mod:`xmc.storage`): its config is read from there, and the checkpoint
+is copied once into this node's cache, since the weights are loaded from local files.
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from xmc import checkpoint as ckpt
-from xmc.config import ConfigError, load_config, resolve_path
+from xmc import storage
+from xmc.config import ConfigError, load_config
 from xmc.data.dataset import PreparedDataset
 from xmc.data.split import TrainingSplit
 from xmc.data.tokens import TokenCache
@@ -23,27 +30,34 @@ RUN_CONFIG = "config.yaml"
 
 @dataclass
 class TrainedRun:
-    """A run directory of ``jobs/train.py``: its resolved config and one of its checkpoints."""
+    """A run of ``jobs/train.py`` (``location``: a path or a storage URI), its resolved config and one of
+    its checkpoints (``checkpoint_name``; its files on this machine at ``checkpoint``)."""
 
-    directory: Path
+    location: str
+    checkpoint_name: str
     checkpoint: Path
     config: ExperimentConfig
 
     @classmethod
-    def open(cls, run_dir: str | os.PathLike, checkpoint: str = "") -> TrainedRun:
-        """The run in ``run_dir`` at checkpoint ``checkpoint`` (a directory name; "" = the latest)."""
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise ConfigError(f"--run: {run_dir} is not a directory")
-        config_path = run_dir / RUN_CONFIG
-        if not config_path.is_file():
-            raise ConfigError(f"--run: {config_path} missing; expected a run directory of jobs/train.py")
-        return cls(run_dir, ckpt.find_checkpoint(run_dir, checkpoint),
-                   load_config(ExperimentConfig, config_path))
+    def open(cls, location: str | os.PathLike, checkpoint: str = "") -> TrainedRun:
+        """The run at ``location`` at checkpoint ``checkpoint`` (a directory name; "" = the latest)."""
+        location = storage.resolve(location)
+        if not storage.is_dir(location):
+            raise ConfigError(f"--run: {location} is not a directory")
+        config_location = storage.join(location, RUN_CONFIG)
+        if not storage.is_file(config_location):
+            raise ConfigError(f"--run: {config_location} missing; expected a run directory of jobs/train.py")
+        config = load_config(ExperimentConfig, base=yaml.safe_load(storage.read_text(config_location)))
+        name = ckpt.find_checkpoint(location, checkpoint)
+        return cls(location, name, _local_checkpoint(location, name), config)
+
+    @property
+    def name(self) -> str:
+        return storage.name(self.location)
 
     @functools.cached_property
     def dataset(self) -> PreparedDataset:
-        return PreparedDataset(resolve_path(self.config.dataset.prepared))
+        return PreparedDataset(self.config.dataset.prepared)
 
     @functools.cached_property
     def split(self) -> TrainingSplit:
@@ -63,3 +77,15 @@ class TrainedRun:
             self.checkpoint, self.config, self.dataset.num_labels,
             label_tokens=self.token_cache().arrays("labels"),
             cold_start=None if recorded else self.split.cold_start_labels(self.dataset), device=device)
+
+
+def _local_checkpoint(location: str, name: str) -> Path:
+    """The checkpoint's directory on this machine: the run's own when it is local, else a cached copy keyed
+    by where it is and when it was written (a checkpoint directory is written once)."""
+    where = storage.join(location, name)
+    if storage.is_local(where):
+        return storage.local_path(where)
+    filesystem, path = storage.filesystem(storage.join(where, f"{ckpt.MODEL}.json"))
+    written = filesystem.get_file_info(path).mtime_ns
+    key = hashlib.sha256(f"{where}|{written}".encode()).hexdigest()[:16]
+    return storage.materialize(where, f"checkpoints/{key}-{name}")

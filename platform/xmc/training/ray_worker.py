@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xmc import storage
 from xmc.config import from_dict
 from xmc.experiment import ExperimentConfig
 from xmc.training.session import Session
@@ -84,8 +85,8 @@ class RaySession(Session):
             os._exit(17)
 
 
-def record_placement_group(run_dir: Path) -> None:
-    """Write the id of this worker group's Ray placement group into the run directory.
+def record_placement_group(run_location: str) -> None:
+    """Write the id of this worker group's Ray placement group into the run's storage.
 
     A Tune trial stopped early by ASHA is killed, and Ray Train frees its workers' placement group only
     through a watcher that needs the dashboard's State API; :func:`xmc.tuning.sweep.release_placement_groups`
@@ -101,8 +102,7 @@ def record_placement_group(run_dir: Path) -> None:
     except Exception:  # no Ray: nothing reserved
         return
     if group is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / PLACEMENT_GROUP_FILE).write_text(group.id.hex() + "\n")
+        storage.write_text(storage.join(run_location, PLACEMENT_GROUP_FILE), group.id.hex() + "\n")
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -111,10 +111,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs each CPU variant it tries
     config = from_dict(ExperimentConfig, loop_config["config"])
-    run_dir = Path(loop_config["run_dir"])
+    run_location = loop_config["run_location"]
     rank, world = rank_and_world()
     if rank == 0:
-        record_placement_group(run_dir)
-    trainer = Trainer(config, run_dir, RaySession(world))
+        record_placement_group(run_location)
+    trainer = Trainer(config, run_location, RaySession(world))
     trainer.fit()
     trainer.reporter.close()

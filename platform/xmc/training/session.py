@@ -11,22 +11,24 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from xmc import storage
 from xmc.checkpoint import CHECKPOINT_PREFIX, LOOP
 from xmc.io import atomic_dir
 
 
 class Session:
-    """A loop in this process (one worker). ``checkpoint_root`` receives the checkpoints (None: the run
-    keeps none), and the latest one there is what a new loop resumes from."""
+    """A loop in this process (one worker). ``checkpoint_root`` (a path or a storage URI) receives the
+    checkpoints (None: the run keeps none), and the latest one there is what a new loop resumes from."""
 
     def __init__(self, checkpoint_root: str | Path | None = None):
-        self.checkpoint_root = Path(checkpoint_root) if checkpoint_root is not None else None
+        self.checkpoint_root = storage.resolve(checkpoint_root) if checkpoint_root is not None else None
         self.reports: list[tuple[dict, str | None]] = []  # (metrics, checkpoint name) of every report
 
     def device(self, use_gpu: bool) -> torch.device:
@@ -39,18 +41,31 @@ class Session:
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
         """The directory of the checkpoint to resume from, or None for a fresh start."""
-        found = []
-        if self.checkpoint_root is not None and self.checkpoint_root.is_dir():
-            found = sorted(p for p in self.checkpoint_root.glob(f"{CHECKPOINT_PREFIX}*")
-                           if (p / f"{LOOP}.json").is_file())
-        yield found[-1] if found else None
+        root, found = self.checkpoint_root, []
+        if root is not None:
+            found = [name for name in storage.list_dir(root) if name.startswith(CHECKPOINT_PREFIX)
+                     and storage.is_file(storage.join(root, name, f"{LOOP}.json"))]
+        if not found:
+            yield None
+            return
+        latest = storage.join(self.checkpoint_root, found[-1])
+        if storage.is_local(latest):
+            yield storage.local_path(latest)
+            return
+        with tempfile.TemporaryDirectory(prefix="xmc-resume-") as tmp:
+            yield storage.download_dir(latest, tmp)
 
     def report(self, metrics: dict, checkpoint: Path | None = None, name: str | None = None) -> None:
         """Record ``metrics``, with the checkpoint written to ``checkpoint`` (kept as ``name``)."""
         self.reports.append((dict(metrics), name if checkpoint is not None else None))
-        if checkpoint is not None and self.checkpoint_root is not None:
-            with atomic_dir(self.checkpoint_root / name) as tmp:
+        if checkpoint is None or self.checkpoint_root is None:
+            return
+        target = storage.join(self.checkpoint_root, name)
+        if storage.is_local(target):
+            with atomic_dir(storage.local_path(target)) as tmp:
                 shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
+        else:  # the loop state goes last: a checkpoint without it is not taken for one
+            storage.upload_dir(checkpoint, target, last=(f"{LOOP}.json",))
 
     def progress(self, total: int, desc: str, enabled: bool):
         from tqdm.auto import tqdm

@@ -33,7 +33,6 @@ from torch.profiler import record_function
 
 from xmc.distributed import mean_over_workers, rank_and_world
 from xmc.evaluation.evaluator import evaluate_model
-from xmc.evaluation.predictions import save_predictions
 from xmc.experiment import ExperimentConfig
 from xmc.mining.batches import BatchPlan
 from xmc.scoring.model import ScoringModel
@@ -59,7 +58,9 @@ def set_threads(threads: int) -> None:
 class Trainer:
     """Builds everything a worker needs from the config and runs (or resumes) the training loop."""
 
-    def __init__(self, config: ExperimentConfig, run_dir: str | Path, session: Session | None = None):
+    def __init__(self, config: ExperimentConfig, run_location: str | Path, session: Session | None = None):
+        """``run_location``: where the run's files go (a path or a storage URI; checkpoints go through the
+        session)."""
         self.config, self.session = config, session or Session()
         cfg = config.train
         self.rank, self.world = rank_and_world()
@@ -81,7 +82,7 @@ class Trainer:
         step_kind = AllLabelsStep if config.pool.all_labels else PoolStep
         self.step = step_kind(config, self.data, self.scoring, ddp_model)
         self.checkpoints = CheckpointManager(self.scoring, self.optimizers)
-        self.reporter = RunReporter(Path(run_dir), enabled=self.rank == 0)
+        self.reporter = RunReporter(run_location, enabled=self.rank == 0)
 
         # loop state (checkpointed)
         self.epoch = self.step_in_epoch = self.global_step = 0
@@ -215,7 +216,7 @@ class Trainer:
             return None
         metrics, fused = result
         if final:
-            save_predictions(self.reporter.run_dir / "predictions.npz", *fused)
+            self.reporter.predictions(*fused)
         return metrics
 
     def state_dict(self) -> dict:

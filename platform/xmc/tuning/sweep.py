@@ -12,21 +12,32 @@ from __future__ import annotations
 import copy
 import csv
 import functools
-import json
+import io
 from pathlib import Path
 from typing import Any
 
+from xmc import storage
 from xmc.config import ConfigError, dump_yaml, load_config, resolve_path, to_dict
 from xmc.experiment import ExperimentConfig
-from xmc.io import atomic_path, write_json, write_text
-from xmc.training.driver import build_trainer, ensure_prepared, init_ray, resolve_run, run_training
+from xmc.training.driver import (
+    build_trainer,
+    ensure_prepared,
+    init_ray,
+    resolve_run,
+    run_training,
+    write_run_config,
+)
 from xmc.training.ray_worker import PLACEMENT_GROUP_FILE
 from xmc.tuning.config import TuneFile, TuneSweepConfig
 from xmc.tuning.space import apply_params, param_space
 
+#: The sweep's training runs, one per trial.
+RUNS = "train-runs"
 
-def load_sweep(path: str | Path, overrides: list[str]) -> tuple[TuneSweepConfig, dict, Path]:
-    """The sweep settings, the resolved base training config (as a dict) and the sweep directory.
+
+def load_sweep(path: str | Path, overrides: list[str]) -> tuple[TuneSweepConfig, dict, str]:
+    """The sweep settings, the resolved base training config (as a dict) and the sweep's location (a path
+    or a storage URI).
 
     ``--set`` overrides starting with ``tune.`` change the sweep; the others change every trial's training.
     """
@@ -47,7 +58,7 @@ def load_sweep(path: str | Path, overrides: list[str]) -> tuple[TuneSweepConfig,
             apply_params(base_dict, {key: values[0]})
         except ConfigError as err:
             raise ConfigError(f"tune.search_space.{key}: {err}") from None
-    return sweep, base_dict, resolve_path(sweep.storage) / sweep.name
+    return sweep, base_dict, storage.join(storage.resolve(sweep.storage), sweep.name)
 
 
 def trial(params: dict[str, Any], base: dict, runs_dir: str) -> None:
@@ -58,10 +69,9 @@ def trial(params: dict[str, Any], base: dict, runs_dir: str) -> None:
     config = apply_params(base, params)
     config.run.name = tune.get_context().get_trial_id()
     config.run.storage = runs_dir
-    run_dir = Path(runs_dir) / config.run.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", dump_yaml(config))
-    build_trainer(config, run_dir, callbacks=[TuneReportCallback()]).fit()
+    run_location = storage.join(runs_dir, config.run.name)
+    write_run_config(config, run_location)
+    build_trainer(config, run_location, callbacks=[TuneReportCallback()]).fit()
 
 
 def trial_concurrency(sweep: TuneSweepConfig, base: dict) -> int:
@@ -78,17 +88,19 @@ def trial_concurrency(sweep: TuneSweepConfig, base: dict) -> int:
     return max(1, int(gpus / per_trial + 1e-9))
 
 
-def build_tuner(sweep: TuneSweepConfig, base: dict, sweep_dir: Path):
-    """A new Tuner, or the interrupted sweep in ``sweep_dir`` restored (finished trials are not rerun)."""
+def build_tuner(sweep: TuneSweepConfig, base: dict, sweep_dir: str):
+    """A new Tuner, or the interrupted sweep at ``sweep_dir`` restored (finished trials are not rerun)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     trainable = tune.with_resources(
-        functools.partial(trial, base=base, runs_dir=str(sweep_dir / "train-runs")),
+        functools.partial(trial, base=base, runs_dir=storage.join(sweep_dir, RUNS)),
         {"cpu": sweep.trial_cpus})
-    if tune.Tuner.can_restore(sweep_dir):
-        return tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True), True
+    where = storage.ray_storage(sweep_dir)  # the sweep's own directory, as Tuner.restore takes it
+    path, filesystem = where["storage_path"], where.get("storage_filesystem")
+    if tune.Tuner.can_restore(path, filesystem):
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=filesystem), True
     scheduler = None
     if sweep.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", max_t=base["train"]["epochs"],
@@ -105,20 +117,24 @@ def build_tuner(sweep: TuneSweepConfig, base: dict, sweep_dir: Path):
         tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
                                     scheduler=scheduler, search_alg=search_alg,
                                     max_concurrent_trials=trial_concurrency(sweep, base)),
-        run_config=tune.RunConfig(name=sweep_dir.name, storage_path=str(sweep_dir.parent)),
+        run_config=tune.RunConfig(name=storage.name(sweep_dir),
+                                  **storage.ray_storage(storage.parent(sweep_dir))),
     )
     return tuner, False
 
 
-def release_placement_groups(runs_dir: Path) -> int:
+def release_placement_groups(runs_dir: str) -> int:
     """Remove the placement groups that trials killed by the scheduler left reserved; returns how many."""
     import ray
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
     released = 0
-    for path in runs_dir.glob(f"*/{PLACEMENT_GROUP_FILE}"):
-        group_id = path.read_text().strip()
+    for run in storage.list_dir(runs_dir):
+        recorded = storage.join(runs_dir, run, PLACEMENT_GROUP_FILE)
+        if not storage.is_file(recorded):
+            continue
+        group_id = storage.read_text(recorded).strip()
         if placement_group_table().get(group_id, {}).get("state") in ("CREATED", "PENDING", "RESCHEDULING"):
             remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))
             released += 1
@@ -144,11 +160,13 @@ def results_table(grid, sweep: TuneSweepConfig, epochs: int) -> list[dict]:
     return rows
 
 
-def write_table(rows: list[dict], path: Path) -> str:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def write_table(rows: list[dict], location: str) -> str:
+    """results.csv at ``location``; returns the same rows as a Markdown table."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_text(location, text.getvalue())
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -157,7 +175,7 @@ def write_table(rows: list[dict], path: Path) -> str:
     return "\n".join(lines)
 
 
-def plot_metric(rows: list[dict], sweep: TuneSweepConfig, path: Path) -> None:
+def plot_metric(rows: list[dict], sweep: TuneSweepConfig, location: str) -> None:
     """One panel per searched key: the validation metric of every trial against that key's value."""
     import matplotlib
 
@@ -179,9 +197,10 @@ def plot_metric(rows: list[dict], sweep: TuneSweepConfig, path: Path) -> None:
         axis.set(xlabel=key, ylabel=f"validation {sweep.metric}", title=key)
     fig.suptitle("o: ran to the end, x: stopped early by ASHA", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=90)
     plt.close(fig)
+    storage.write_bytes(location, image.getvalue())
 
 
 def best_config(base: dict, params: dict, sweep: TuneSweepConfig) -> ExperimentConfig:
@@ -202,20 +221,19 @@ def run_sweep(path: str | Path, overrides: list[str]) -> dict:
     init_ray(base["run"]["ray_address"])
     tuner, resumed = build_tuner(sweep, base, sweep_dir)
     grid = tuner.fit()
-    release_placement_groups(sweep_dir / "train-runs")
+    release_placement_groups(storage.join(sweep_dir, RUNS))
     rows = results_table(grid, sweep, base["train"]["epochs"])
-    table = write_table(rows, sweep_dir / "results.csv")
-    plot_metric(rows, sweep, sweep_dir / "metric_vs_params.png")
+    table = write_table(rows, storage.join(sweep_dir, "results.csv"))
+    plot_metric(rows, sweep, storage.join(sweep_dir, "metric_vs_params.png"))
     best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="last")
     chosen = best_config(base, best.config, sweep)
-    write_text(sweep_dir / "best_config.yaml", dump_yaml(chosen))
-    summary = {"sweep": str(sweep_dir), "resumed": resumed, "trials": len(rows), "table": table,
+    storage.write_text(storage.join(sweep_dir, "best_config.yaml"), dump_yaml(chosen))
+    summary = {"sweep": sweep_dir, "resumed": resumed, "trials": len(rows), "table": table,
                "best_params": {k: best.config[k] for k in sweep.search_space},
                f"best_validation_{sweep.metric}": best.metrics.get(sweep.metric)}
     if sweep.retrain_best:
-        _, run_dir = run_training(chosen)
-        test_metrics = json.loads((run_dir / "metrics.json").read_text())
-        summary["best_test_metrics"] = {k: v for k, v in test_metrics.items() if not isinstance(v, dict)}
-        summary["best_run"] = str(run_dir)
-        write_json(sweep_dir / "best_test_metrics.json", summary["best_test_metrics"])
+        result, run_location = run_training(chosen)
+        summary["best_test_metrics"] = dict(result.metrics)  # what the run's last epoch reported to Ray
+        summary["best_run"] = run_location
+        storage.write_json(storage.join(sweep_dir, "best_test_metrics.json"), summary["best_test_metrics"])
     return summary
