@@ -1,10 +1,10 @@
-"""Make ``import xmc`` work in a copy of the repository where the package is not installed, such as a Ray
-job's working directory on a cluster that never saw the checkout: the copy's ``platform/`` directory goes on
-``sys.path`` when ``xmc`` cannot be imported otherwise. The jobs import this module first."""
+"""Run the jobs with the library of the copy of the repository they are in: its ``platform/`` directory
+goes first on ``sys.path``. So a job runs the same code from a checkout with the package installed (the
+editable install points there anyway), from a copy without it (a Ray job's working directory on a cluster
+that never saw the checkout), and from a copy whose code differs from an installed version. The jobs import
+this module first; :func:`xmc.training.driver.init_ray` ships the same package to the cluster's workers."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
-if importlib.util.find_spec("xmc") is None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import _bootstrap  # noqa: F401  (xmc from this checkout where it is not installed)
 
@@ -30,8 +31,10 @@ def main() -> int:
     args = parser.parse_args()
     config = config_from_args(ExperimentConfig, args)
 
+    import xmc
     from xmc.training.driver import run_training
 
+    print(f"xmc {xmc.__version__} from {Path(xmc.__file__).parent}", flush=True)  # which code this job runs
     result, run_location = run_training(config, default_name=config_name(args))
     print(f"run: {run_location}")
     # what the last epoch reported to Ray: its metrics.json holds every predictor's

@@ -11,6 +11,9 @@ API::
     GET  /healthz     -> {"status": "ok", "version": str}
     GET  /v1/info     -> bundle version, counts, shards, source run
 
+A request whose label index shard replica was lost mid-request (a node lost, a process killed) gets a 503
+``{"error": ...}`` with ``Retry-After``; Serve replaces the replica and a retry is answered.
+
 Hot swap: the bundle path travels in each deployment's ``user_config``, so deploying the same app with another
 ``bundle=`` only reconfigures the running replicas (Serve's lightweight update) instead of replacing them.
 Each request is pinned to the bundle version that encoded it: shards keep the previous version loaded while
@@ -27,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from xmc import storage
@@ -98,6 +102,29 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 # ------------------------------------------------------------------------------------------------------------
 # deployments
 
+#: How a call to a shard replica that died (a node lost, a process killed) fails: the caller gets a 503 and
+#: retries, while Serve replaces the replica.
+SHARD_LOST = (RayActorError, ActorUnavailableError)
+
+
+class ShardUnavailable(Exception):
+    """A shard replica was lost while answering; the request may be retried."""
+
+
+async def search_shards(shards: list, vectors: np.ndarray, k: int, version: str, path: str) -> list:
+    """Every shard's top-``k`` of ``vectors`` (one call each, in parallel); a call whose replica was lost
+    becomes :class:`ShardUnavailable` while Serve starts a new replica."""
+    try:
+        calls = [shard.search.remote(vectors, k, version, path) for shard in shards]
+        return list(await asyncio.gather(*calls))
+    except SHARD_LOST as err:
+        raise ShardUnavailable(f"a label index shard is restarting ({type(err).__name__}); retry the "
+                               "request") from err
+
+
+def unavailable(err: ShardUnavailable) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"error": str(err)}, headers={"Retry-After": "1"})
+
 
 def _load_ingress_predictor(path: str) -> Predictor:
     """The ingress's part of a bundle: query tower and label texts, no shard (those are the shards' part)."""
@@ -118,8 +145,8 @@ def _bundle_info(predictor: Predictor) -> dict:
 class IndexShard:
     """One shard of the label index (faiss), searched with batched query vectors."""
 
-    def __init__(self, shard: int):
-        self.shard = shard
+    def __init__(self, shard: int, device: str = "cpu"):
+        self.shard, self.device = shard, device
         self.loaded: collections.OrderedDict[str, Predictor] = collections.OrderedDict()
         self.lock = asyncio.Lock()
 
@@ -134,7 +161,7 @@ class IndexShard:
         async with self.lock:
             if version not in self.loaded:
                 predictor = await asyncio.to_thread(Predictor.from_bundle, path, shards=[self.shard],
-                                                    encoder=False, labels=False)
+                                                    encoder=False, labels=False, device=self.device)
                 if predictor.version != version:
                     raise RuntimeError(f"{path} now holds bundle version {predictor.version}, not {version}")
                 self.loaded[version] = predictor
@@ -195,10 +222,8 @@ class Ingress:
         finally:
             self.encoder_idle.set()
         k = max(k for _, k in requests)  # a shard's top-k_i is a prefix of its top-k: one search serves all
-        path = loaded.bundle.location
-        parts = await asyncio.gather(*[shard.search.remote(vectors, k, loaded.version, path)
-                                       for shard in self.shards])
-        scores, ids = merge_topk(list(parts), k)
+        parts = await search_shards(self.shards, vectors, k, loaded.version, loaded.bundle.location)
+        scores, ids = merge_topk(parts, k)
         out, start = [], 0
         for texts, k_request in requests:
             stop = start + len(texts)
@@ -213,7 +238,10 @@ class Ingress:
         # Requests that arrive during a forward pass wait here instead and enter the queue together when the
         # encoder is free, so batches grow with the load. A lone request passes straight through.
         await self.encoder_idle.wait()
-        scores, ids, loaded = await self._answer((body.all_texts(), body.k))
+        try:
+            scores, ids, loaded = await self._answer((body.all_texts(), body.k))
+        except ShardUnavailable as err:
+            return unavailable(err)
         results = [[{"id": hit.id, "uid": hit.uid, "label": hit.label, "score": hit.score} for hit in row]
                    for row in loaded.describe(ids, scores)]
         return JSONResponse({"results": results, "version": loaded.version})
@@ -232,7 +260,11 @@ class Ingress:
 
 
 class AppArgs(BaseModel):
-    """Arguments of :func:`app` (``key=value`` after ``serve run``, or ``args:`` in serve/config.yaml)."""
+    """Arguments of :func:`app` (``key=value`` after ``serve run``, or ``args:`` in serve/config.yaml).
+
+    ``bundle`` is a path or a storage URI; ``shard_gpus`` > 0 puts each shard replica on (a share of) a GPU,
+    where its flat or IVF index is searched with faiss's GPU build.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -241,6 +273,7 @@ class AppArgs(BaseModel):
     shard_replicas: int = Field(1, ge=1)
     ingress_replicas: int = Field(1, ge=1)
     shard_cpus: float = Field(0.5, gt=0)
+    shard_gpus: float = Field(0.0, ge=0, le=1)
     ingress_cpus: float = Field(1.0, gt=0)
 
 
@@ -257,7 +290,9 @@ def app(args: dict) -> serve.Application:
     user_config = {"bundle": path}
     shards = [IndexShard.options(name=f"IndexShard{number}", num_replicas=settings.shard_replicas,
                                  user_config=user_config,
-                                 ray_actor_options={"num_cpus": settings.shard_cpus}).bind(number)
+                                 ray_actor_options={"num_cpus": settings.shard_cpus,
+                                                    "num_gpus": settings.shard_gpus})
+              .bind(number, "cuda" if settings.shard_gpus else "cpu")
               for number in range(bundle.num_shards)]
     return Ingress.options(num_replicas=settings.ingress_replicas, user_config=user_config,
                            ray_actor_options={"num_cpus": settings.ingress_cpus}).bind(shards)

@@ -155,18 +155,22 @@ def s3_endpoint():
     server.stop()
 
 
-@pytest.fixture
-def bucket(s3_endpoint) -> str:
+def new_bucket(endpoint: str) -> str:
     """A new, empty bucket on the loopback server: its URI, with the endpoint options every process needs."""
     import uuid
 
     import pyarrow.fs as pafs
 
     name = f"xmc-{uuid.uuid4().hex[:12]}"
-    options = f"endpoint_override={s3_endpoint}&scheme=http"
+    options = f"endpoint_override={endpoint}&scheme=http"
     filesystem, _ = pafs.FileSystem.from_uri(f"s3://{name}?{options}&allow_bucket_creation=true")
     filesystem.create_dir(name)
     return f"s3://{name}?{options}"
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    return new_bucket(s3_endpoint)
 
 
 def start_ray() -> None:

@@ -65,3 +65,19 @@ def test_gpu_worker_searches_on_its_gpu(cooking_vectors):
         assert isinstance(index, TorchFlatIndex) and index.vectors.is_cuda
     assert isinstance(build_index(labels, AnnConfig(use_gpu=False), device="cuda"), faiss.IndexFlatIP)
     assert_same_topk(search(index, queries, 10), search(build_index(labels, AnnConfig()), queries, 10))
+
+
+@pytest.mark.gpu
+def test_a_serving_shard_searches_on_the_gpu(cooking_vectors, tmp_path):
+    """With faiss's GPU build a shard's flat index moves to the GPU; the answers are the CPU's."""
+    from xmc.index.shards import ShardIndex
+
+    queries, labels = cooking_vectors
+    index = faiss.IndexFlatIP(labels.shape[1])
+    index.add(labels)
+    faiss.write_index(index, str(tmp_path / "index.faiss"))
+    np.save(tmp_path / "label_ids.npy", np.arange(len(labels), dtype=np.int64))
+    cpu, gpu = ShardIndex.load(tmp_path), ShardIndex.load(tmp_path, "cuda")
+    if hasattr(faiss, "StandardGpuResources"):
+        assert type(gpu.index).__name__.startswith("Gpu")
+    assert_same_topk(gpu.search(queries, 10), cpu.search(queries, 10))

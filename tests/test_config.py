@@ -114,3 +114,17 @@ def test_gpu_share_reaches_ray_and_sets_how_many_tune_trials_share_a_gpu(tmp_pat
     base["train"]["gpus_per_worker"] = 1.0
     base["train"]["num_workers"] = 2
     assert trial_concurrency(TuneSweepConfig(), base) == 1
+
+
+def test_several_workers_never_share_a_gpu_and_custom_resources_reach_ray(tmp_path):
+    """NCCL cannot run two ranks of one group on one GPU: a GPU share is for runs of one worker."""
+    from xmc.training.driver import build_trainer
+
+    with pytest.raises(ConfigError, match="NCCL cannot run two ranks"):
+        load_config(ExperimentConfig, None, ["train.use_gpu=true", "train.num_workers=2",
+                                             "train.gpus_per_worker=0.5"])
+    load_config(ExperimentConfig, None, ["train.use_gpu=true", "train.num_workers=2"])  # whole GPUs: fine
+    config = load_config(ExperimentConfig, None, ["train.worker_resources={trainer: 1}", "run.name=placed",
+                                                  f"run.storage={tmp_path}"])
+    scaling = build_trainer(config, str(tmp_path / "placed")).scaling_config
+    assert scaling.resources_per_worker == {"CPU": 0.99, "trainer": 1.0}

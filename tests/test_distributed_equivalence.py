@@ -7,7 +7,6 @@ loss and the gradients (summed over workers, then averaged like DDP) must equal 
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -19,6 +18,8 @@ import torch.nn.functional as F
 from xmc.distributed import all_gather_with_grad, gather_rows
 from xmc.losses.multilabel import supcon
 from xmc.models.label_table import ShardedLabelTable
+
+from conftest import free_port
 
 NUM_LABELS, DIM, BATCH = 23, 8, 6
 POOL = np.array([3, 17, 4, 22, 0, 9, 11, 5], dtype=np.int64)
@@ -83,16 +84,10 @@ def _worker(rank, world, port, out):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_workers_match_one():
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
     for p in procs:
         p.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from xmc.data.prepare import prepare_dataset
 from xmc.experiment import ExperimentConfig
 from xmc.index.bundle import Bundle, BundleError
 
-from conftest import REPO, run_job, write_lf_subset
+from conftest import REPO, free_port, run_job, write_lf_subset
 
 pytestmark = pytest.mark.integration
 
@@ -108,12 +107,6 @@ def test_corrupt_or_partial_bundle_is_refused_by_name(bundles, tmp_path):
 
 # ------------------------------------------------------------------------------------------------------------
 # Serve
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

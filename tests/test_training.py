@@ -54,18 +54,21 @@ def metrics_of(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
 
 
-# Runs compared with each other use no dropout: then 1 and 2 workers differ only in float summation order,
-# and a resumed run must reproduce the uninterrupted one.
-NO_DROPOUT = {"model.dropout": 0.0}
+@pytest.fixture(scope="module")
+def compared(tiny_encoder) -> dict:
+    """Settings of the runs compared with each other: no dropout (then 1 and 2 workers differ only in float
+    summation order, and a resumed run must reproduce the uninterrupted one) and the one-layer encoder (what
+    they compare is the loop's plumbing, which the real encoder's cost only slows down)."""
+    return {"model.dropout": 0.0, "encoder.model": str(tiny_encoder)}
 
 
 @pytest.fixture(scope="module")
-def reference_run(subset, tmp_path_factory, ray_session) -> Path:
+def reference_run(subset, tmp_path_factory, ray_session, compared) -> Path:
     """One Ray Train worker, uninterrupted: the run the others are compared with."""
     from xmc.training.driver import run_training
 
     storage = tmp_path_factory.mktemp("runs")
-    _, run_dir = run_training(load(subset, storage, "reference", **NO_DROPOUT, **{"train.num_workers": 1}))
+    _, run_dir = run_training(load(subset, storage, "reference", **compared, **{"train.num_workers": 1}))
     return Path(run_dir)
 
 
@@ -114,7 +117,7 @@ def test_local_mode_training_beats_zero_shot_and_writes_the_run(subset, tmp_path
     assert label_encodings == [num_labels, num_labels]
 
 
-def test_rerunning_a_finished_run_trains_nothing_and_reports_its_final_metrics(subset, tmp_path,
+def test_rerunning_a_finished_run_trains_nothing_and_reports_its_final_metrics(subset, tmp_path, compared,
                                                                                reference_run):
     """What a Tune trial killed after its last checkpoint, but before Tune recorded it, goes through: Tune
     hears only what the loop reports during the rerun (as TuneReportCallback does), so the loop must say its
@@ -132,7 +135,7 @@ def test_rerunning_a_finished_run_trains_nothing_and_reports_its_final_metrics(s
 
     history = reference_run / "history.jsonl"
     stamp, checkpoints = history.stat().st_mtime_ns, sorted(reference_run.glob("checkpoint_epoch*"))
-    config, run_dir = resolve_run(load(subset, reference_run.parent, "reference", **NO_DROPOUT,
+    config, run_dir = resolve_run(load(subset, reference_run.parent, "reference", **compared,
                                        **{"train.num_workers": 1}), "run")
     assert Path(run_dir) == reference_run
     build_trainer(config, run_dir, callbacks=[WriteReports()]).fit()
@@ -145,10 +148,10 @@ def test_rerunning_a_finished_run_trains_nothing_and_reports_its_final_metrics(s
             and reports[0]["P@5"] == pytest.approx(final["P@5"]))
 
 
-def test_two_workers_reach_the_quality_of_one(subset, tmp_path, reference_run):
+def test_two_workers_reach_the_quality_of_one(subset, tmp_path, reference_run, compared):
     from xmc.training.driver import run_training
 
-    _, run_dir = run_training(load(subset, tmp_path, "two", **NO_DROPOUT, **{"train.num_workers": 2}))
+    _, run_dir = run_training(load(subset, tmp_path, "two", **compared, **{"train.num_workers": 2}))
     run_dir = Path(run_dir)
     one, two = metrics_of(reference_run), metrics_of(run_dir)
     history_one = [json.loads(x) for x in (reference_run / "history.jsonl").read_text().splitlines()]
@@ -165,7 +168,8 @@ def test_two_workers_reach_the_quality_of_one(subset, tmp_path, reference_run):
         {"table-rank0000.json", "table-rank0001.json"}  # the classifier table is saved as 2 shards
 
 
-def test_crashed_worker_is_retried_from_the_last_checkpoint(subset, tmp_path, reference_run, monkeypatch):
+def test_crashed_worker_is_retried_from_the_last_checkpoint(subset, tmp_path, reference_run, compared,
+                                                            monkeypatch):
     from xmc.training.driver import run_training
 
     marker = tmp_path / "crashed"
@@ -177,32 +181,34 @@ def test_crashed_worker_is_retried_from_the_last_checkpoint(subset, tmp_path, re
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {
         "GLOO_SOCKET_IFNAME": "lo", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **LOOPBACK_ENV,
         "XMC_TEST_FAIL_AT_STEP": "6", "XMC_TEST_FAIL_MARKER": str(marker)}}, _node_ip_address="127.0.0.1")
-    _, run_dir = run_training(load(subset, tmp_path, "retried", **NO_DROPOUT, **{"train.num_workers": 1,
+    _, run_dir = run_training(load(subset, tmp_path, "retried", **compared, **{"train.num_workers": 1,
                                                                                     "train.max_failures": 1}))
     assert marker.read_text().startswith("failed at step 6")
     # resumed from the step-4 checkpoint with the same RNG, batches and pools: the same model comes out
     assert metrics_of(run_dir) == metrics_of(reference_run)
 
 
-def test_killed_run_resumes_with_the_same_command(subset, tmp_path, reference_run):
+def test_killed_run_resumes_with_the_same_command(subset, tmp_path, reference_run, compared):
     """SIGKILL the whole job mid-epoch after its first step checkpoint, then rerun the same command."""
     command = [sys.executable, str(REPO / "jobs" / "train.py"),
                "--config", str(REPO / "configs" / "demo.yaml")]
-    for item in overrides(subset, tmp_path, "killed", **NO_DROPOUT, **{"train.num_workers": 1}):
+    for item in overrides(subset, tmp_path, "killed", **compared, **{"train.num_workers": 1}):
         command += ["--set", item]
     env = {**os.environ, **LOOPBACK_ENV}
-    first = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    stopped = tmp_path / "stopped"  # the worker stops after step 5, one after the step-4 checkpoint
+    first = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL,
+                             env={**env, "XMC_TEST_HANG_AT_STEP": "5", "XMC_TEST_FAIL_MARKER": str(stopped)})
     run_dir = tmp_path / "killed"
     deadline = time.time() + 600
     try:
-        while not list(run_dir.glob("checkpoint_epoch000_step0000004")) and time.time() < deadline:
+        while not stopped.exists() and time.time() < deadline:
             assert first.poll() is None, "the first run ended before it could be killed"
             time.sleep(0.5)
-        time.sleep(1.0)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+    assert stopped.read_text().startswith("stopped at step 5")
     assert not (run_dir / "metrics.json").exists(), "killed before the first epoch ended"
 
     second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

@@ -24,7 +24,7 @@ from conftest import LOOPBACK_ENV, REPO, write_lf_subset
 pytestmark = pytest.mark.integration
 
 
-def test_sweep_resumes_after_a_kill_and_retrains_the_best(tmp_path, cooking_source):
+def test_sweep_resumes_after_a_kill_and_retrains_the_best(tmp_path, cooking_source, tiny_encoder):
     source = write_lf_subset(cooking_source, tmp_path / "source", 384, 60)
     prepare_dataset(source, tmp_path / "prepared")
     sweep_file = tmp_path / "sweep.yaml"
@@ -32,7 +32,8 @@ def test_sweep_resumes_after_a_kill_and_retrains_the_best(tmp_path, cooking_sour
         "name": "sweep", "storage": str(tmp_path / "tune"),
         "base": [str(REPO / "configs/datasets/cooking-stackexchange.yaml"),
                  str(REPO / "configs/methods/prime.yaml")],
-        "overrides": [f"dataset.prepared={tmp_path / 'prepared'}", "dataset.max_len=24", "train.epochs=2",
+        "overrides": [f"dataset.prepared={tmp_path / 'prepared'}", f"encoder.model={tiny_encoder}",
+                      "dataset.max_len=24", "train.epochs=2",
                       "train.batch_size=32", "train.max_steps_per_epoch=3", "train.num_workers=1",
                       f"run.storage={tmp_path / 'runs'}"],
         "search_space": {"pool.positive_sampling": {"grid": ["uniform", "inverse_propensity"]}},

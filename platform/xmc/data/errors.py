@@ -17,3 +17,7 @@ class DataError(ValueError):
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else self.path
         return f"{where}: {self.message}"
+
+    def __reduce__(self):
+        # Ray sends a worker's error to the driver pickled: rebuild it from its fields, not from args
+        return DataError, (self.path, self.line, self.message)

@@ -110,15 +110,16 @@ class Bundle:
                 raise BundleError(path, f"sha256 {actual[:16]}… does not match the manifest's "
                                         f"{expected[:16]}…: the file is corrupt; re-export the bundle")
 
-    def load_shard(self, shard: int):
-        """The faiss index and global label ids of one shard (checksums verified)."""
+    def load_shard(self, shard: int, device: str = "cpu"):
+        """The faiss index and global label ids of one shard (checksums verified), on ``device`` when it is
+        a GPU (:meth:`xmc.index.shards.ShardIndex.load`)."""
         from xmc.index.shards import ShardIndex
 
         if not 0 <= shard < self.num_shards:
             raise BundleError(self.directory,
                               f"shard {shard} requested but the bundle has {self.num_shards} shards")
         self.verify(shard_dir(shard) + "/")
-        return ShardIndex.load(self.directory / shard_dir(shard))
+        return ShardIndex.load(self.directory / shard_dir(shard), device)
 
     def load_labels(self) -> tuple[list, list[str]]:
         """``(uids, texts)`` of all labels, in label-id order."""

@@ -49,11 +49,12 @@ class Predictor:
     def from_bundle(cls, path: str | os.PathLike, *, shards: Sequence[int] | None = None,
                     encoder: bool = True, labels: bool = True, device: str = "cpu") -> Predictor:
         """Load ``path`` (checksums verified): the query tower when ``encoder``, the label index shards
-        ``shards`` (default: all), the label texts when ``labels``."""
+        ``shards`` (default: all), the label texts when ``labels``; on ``device`` (a GPU: the query tower and
+        the shards' flat and IVF indexes)."""
         bundle = Bundle(path)
         numbers = range(bundle.num_shards) if shards is None else shards
         return cls(bundle, bundle.load_query_model(device) if encoder else None,
-                   [bundle.load_shard(number) for number in numbers],
+                   [bundle.load_shard(number, device) for number in numbers],
                    bundle.load_labels() if labels else None)
 
     @property

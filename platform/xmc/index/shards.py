@@ -50,11 +50,17 @@ class ShardIndex:
     label_ids: np.ndarray
 
     @classmethod
-    def load(cls, directory: Path) -> "ShardIndex":
+    def load(cls, directory: Path, device: str = "cpu") -> "ShardIndex":
+        """The shard in ``directory``; on ``device`` a GPU, a flat or IVF index moves to it when faiss has GPU
+        support (HNSW has no GPU form and stays on the CPU)."""
         import faiss
 
-        return cls(faiss.read_index(str(directory / "index.faiss")),
-                   np.load(directory / "label_ids.npy", allow_pickle=False))
+        index = faiss.read_index(str(directory / "index.faiss"))
+        if device.startswith("cuda") and hasattr(faiss, "StandardGpuResources") and \
+                isinstance(index, (faiss.IndexFlat, faiss.IndexIVF)):
+            gpu = int(device.partition(":")[2] or 0)
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), gpu, index)
+        return cls(index, np.load(directory / "label_ids.npy", allow_pickle=False))
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, global label ids)`` within this shard; −1 where it holds fewer than k."""

@@ -3,7 +3,7 @@ outputs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 
@@ -16,6 +16,8 @@ class TrainConfig:
             lets three small runs or Tune trials train side by side on one GPU. The card is time-shared, so
             this pays when the runs have CPU phases (mining, evaluation) to overlap.
         cpus_per_worker: CPU resource each worker asks Ray for (0.99 lets a Tune trial's 0.01 fit beside it).
+        worker_resources: custom Ray resources each worker also asks for, e.g. ``{trainer: 1}`` to put
+            workers only on the nodes started with that resource.
         threads_per_worker: torch and faiss threads per worker (0 = the machine's cores divided among the
             workers); set it when several runs share one machine.
         epochs, batch_size: schedule; ``batch_size`` is global (split across workers).
@@ -38,6 +40,7 @@ class TrainConfig:
     use_gpu: bool = False
     gpus_per_worker: float = 1.0
     cpus_per_worker: float = 0.99
+    worker_resources: dict[str, float] = field(default_factory=dict)
     threads_per_worker: int = 0
     epochs: int = 4
     batch_size: int = 256
@@ -65,6 +68,11 @@ class TrainConfig:
         if not 0 < self.gpus_per_worker <= 1:
             raise ValueError(f"train.gpus_per_worker must be in (0, 1] (a worker uses one GPU), "
                              f"got {self.gpus_per_worker}")
+        if self.use_gpu and self.num_workers > 1 and self.gpus_per_worker < 1:
+            raise ValueError(f"train.gpus_per_worker is {self.gpus_per_worker} with {self.num_workers} "
+                             "workers: Ray could put several of them on one GPU, and NCCL cannot run two "
+                             "ranks of one group on the same GPU; give each worker a whole GPU (1.0), or "
+                             "share GPUs between runs or Tune trials of one worker each")
         if self.batch_size < max(self.num_workers, 1):
             raise ValueError(f"train.batch_size ({self.batch_size}) must be >= train.num_workers")
 

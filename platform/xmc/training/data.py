@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.config import resolve_path
 from xmc.data.dataset import PreparedDataset
 from xmc.data.split import TrainingSplit
 from xmc.data.tokens import TokenCache
@@ -28,7 +27,7 @@ class TrainingData:
     @classmethod
     def load(cls, config: ExperimentConfig, progress: bool = False) -> TrainingData:
         data = config.dataset
-        dataset = PreparedDataset(resolve_path(data.prepared))
+        dataset = PreparedDataset(data.prepared)
         cache = dataset.token_cache(resolve_model_dir(config.encoder.model), data.max_len, data.query_text,
                                     data.label_text, progress=progress)
         split = TrainingSplit.of(dataset, data)

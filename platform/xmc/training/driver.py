@@ -25,9 +25,10 @@ from xmc.scoring.run import RUN_CONFIG
 #: process group forms, i.e. before any of our code runs in the worker). The AWS variables are how pyarrow
 #: finds credentials and a region for ``s3://`` storage.
 FORWARDED_ENV = ("GLOO_SOCKET_IFNAME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
-                 "RAY_USAGE_STATS_ENABLED", "XMC_WORKDIR", "XMC_CACHE", "XMC_TEST_FAIL_AT_STEP",
-                 "XMC_TEST_FAIL_MARKER", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_DEFAULT_REGION", "AWS_REGION", "no_proxy", "http_proxy", "https_proxy")
+                 "RAY_USAGE_STATS_ENABLED", "XMC_WORKDIR", "XMC_CACHE",
+                 "XMC_TEST_FAIL_AT_STEP", "XMC_TEST_HANG_AT_STEP", "XMC_TEST_FAIL_MARKER",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+                 "AWS_REGION", "no_proxy", "http_proxy", "https_proxy")
 
 
 def resolve_run(config: ExperimentConfig, default_name: str = "run") -> tuple[ExperimentConfig, str]:
@@ -63,22 +64,24 @@ def ensure_prepared(config: ExperimentConfig) -> PreparedDataset:
     return dataset
 
 
-def code_runtime_env() -> dict:
-    """What a cluster that never saw this checkout needs to run the library: the ``xmc`` package itself,
-    shipped by Ray's runtime environment (the job's own ``--working-dir`` holds the scripts)."""
-    return {"py_modules": [str(Path(__file__).resolve().parents[1])]}  # platform/xmc
+def code_runtime_env(*extra_modules: str | os.PathLike) -> dict:
+    """What a cluster that never saw this checkout needs to run the library: the ``xmc`` package itself
+    (and ``extra_modules``, such as the Serve app's package), shipped by Ray's runtime environment; a
+    submitted job's own ``--working-dir`` holds the scripts."""
+    modules = [Path(__file__).resolve().parents[1], *extra_modules]  # platform/xmc first
+    return {"py_modules": [str(module) for module in modules]}
 
 
-def init_ray(address: str = "") -> None:
-    """Join ``address`` (or $RAY_ADDRESS, set by ``ray job submit``), shipping the library to its workers;
-    else start a local Ray on 127.0.0.1."""
+def init_ray(address: str = "", extra_modules: tuple = ()) -> None:
+    """Join ``address`` (or $RAY_ADDRESS, set by ``ray job submit``), shipping the library (and
+    ``extra_modules``) to its workers; else start a local Ray on 127.0.0.1."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS", "")
     if address:
-        ray.init(address=address, runtime_env=code_runtime_env(), log_to_driver=True)
+        ray.init(address=address, runtime_env=code_runtime_env(*extra_modules), log_to_driver=True)
         return
     env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
     env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # the patch echoes every worker print() twice
@@ -98,7 +101,8 @@ def build_trainer(config: ExperimentConfig, run_location: str, callbacks: list |
     from xmc.training.ray_worker import train_loop_per_worker
 
     cfg = config.train
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})}
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {}),
+                 **cfg.worker_resources}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": to_dict(config), "run_location": run_location},

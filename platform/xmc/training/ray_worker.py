@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from xmc.experiment import ExperimentConfig
 from xmc.training.session import Session
 from xmc.training.trainer import Trainer
 
-#: Fault injection for the retry test: crash the worker once when this global step is reached.
+#: Fault injection for the failure tests: when this many steps are done, the worker crashes (FAIL) or stops
+#: and waits for the test to take its node away (HANG); once, recorded in the marker file.
 FAIL_AT_STEP_ENV = "XMC_TEST_FAIL_AT_STEP"
+HANG_AT_STEP_ENV = "XMC_TEST_HANG_AT_STEP"
 FAIL_MARKER_ENV = "XMC_TEST_FAIL_MARKER"
 
 PLACEMENT_GROUP_FILE = "placement_group.txt"
@@ -79,10 +82,16 @@ class RaySession(Session):
         return super().progress(total, desc, enabled)
 
     def before_step(self, global_step: int) -> None:
-        step, marker = os.environ.get(FAIL_AT_STEP_ENV), os.environ.get(FAIL_MARKER_ENV)
-        if step and marker and global_step == int(step) and not Path(marker).exists():
+        marker = os.environ.get(FAIL_MARKER_ENV)
+        if not marker or Path(marker).exists():
+            return
+        if os.environ.get(FAIL_AT_STEP_ENV) == str(global_step):
             Path(marker).write_text(f"failed at step {global_step}\n")
             os._exit(17)
+        if os.environ.get(HANG_AT_STEP_ENV) == str(global_step):
+            Path(marker).write_text(f"stopped at step {global_step}\n")
+            while True:  # until the test removes this worker's node
+                time.sleep(1)
 
 
 def record_placement_group(run_location: str) -> None:

@@ -12,7 +12,8 @@ SPEC_KINDS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform")
 class TuneSweepConfig:
     """Args:
         name: sweep name; the sweep lives in ``storage/name`` (rerun to resume an interrupted sweep).
-        storage: directory of sweeps (relative paths resolve against $XMC_WORKDIR or the cwd).
+        storage: directory of sweeps, a path (relative paths resolve against $XMC_WORKDIR or the cwd) or a
+            storage URI such as ``s3://bucket/sweeps``.
         base: training config file(s) every trial starts from (relative to the sweep file).
         overrides: ``section.key=value`` settings applied to every trial (before the searched ones).
         search_space: training key -> one spec: ``{grid: [...]}``, ``{choice: [...]}``,
