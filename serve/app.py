@@ -28,10 +28,12 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from xmc import storage
 from xmc.index.bundle import Bundle
@@ -41,6 +43,9 @@ from xmc.index.shards import merge_topk
 MAX_TEXTS = 64          # texts per request
 MAX_TEXT_CHARS = 2000   # characters per text (the encoder truncates to max_len tokens anyway)
 MAX_K = 100
+# The largest valid request is MAX_TEXTS texts of MAX_TEXT_CHARS characters, each written as a 6-byte JSON
+# escape at worst; anything much larger is refused before it is read.
+MAX_BODY_BYTES = 1 << 20
 BATCH_SIZE = 16         # requests encoded together by the ingress
 BATCH_WAIT_S = 0.0      # no wait for company: requests held back during a forward pass come together
 VERSIONS_KEPT = 2       # bundle versions a shard replica keeps loaded (the current one and the one before)
@@ -57,7 +62,7 @@ class PredictRequest(BaseModel):
 
     text: str | None = None
     texts: list[str] | None = None
-    k: int = Field(10, ge=1, le=MAX_K)
+    k: StrictInt = Field(10, ge=1, le=MAX_K)  # true, "10" and 10.0 are refused, not read as integers
 
     @model_validator(mode="after")
     def _one_kind_of_input(self) -> "PredictRequest":
@@ -89,14 +94,68 @@ def _describe(error: dict) -> str:
     return f"{where}: {message}" if where else message
 
 
-api = FastAPI(title="xmc-platform", docs_url=None, redoc_url=None)
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """Every error the API gives has one shape: ``{"error": message}``."""
+    return JSONResponse(status_code=status, content={"error": message}, headers=headers)
 
 
-@api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
-    return JSONResponse(status_code=status, content={"error": "; ".join(_describe(e) for e in errors)})
+    return _error(status, "; ".join(_describe(e) for e in errors))
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    # FastAPI's own errors (unknown path, wrong method, a body it could not parse) in our shape
+    if isinstance(exc.__cause__, RecursionError):
+        return _error(400, "request body is nested too deeply to parse; expected a flat JSON object")
+    return _error(exc.status_code, str(exc.detail), exc.headers)
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets a 413 without being read whole. A declared
+    ``Content-Length`` over the limit is refused before any byte of the body is read; a chunked body, as soon
+    as what has arrived passes the limit (an HTTPException raised while FastAPI reads the body, which its
+    handler turns into the 413)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    def too_large(self) -> HTTPException:
+        return HTTPException(413, f"request body over {self.max_bytes} bytes; send at most {MAX_TEXTS} "
+                                  f"texts of at most {MAX_TEXT_CHARS} characters")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", ())).get(b"content-length")
+        if declared is not None and not declared.isdigit():
+            return await _error(400, "Content-Length is not a number")(scope, receive, send)
+        if declared is not None and int(declared) > self.max_bytes:
+            refused = self.too_large()
+            return await _error(refused.status_code, refused.detail)(scope, receive, send)
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise self.too_large()
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def guard(api: FastAPI) -> FastAPI:
+    """Install the request size limit and the one error shape on ``api`` (the app below, and tests)."""
+    api.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(HTTPException, _http_error)
+    return api
+
+
+api = guard(FastAPI(title="xmc-platform", docs_url=None, redoc_url=None))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -123,7 +182,7 @@ async def search_shards(shards: list, vectors: np.ndarray, k: int, version: str,
 
 
 def unavailable(err: ShardUnavailable) -> JSONResponse:
-    return JSONResponse(status_code=503, content={"error": str(err)}, headers={"Retry-After": "1"})
+    return _error(503, str(err), {"Retry-After": "1"})
 
 
 def _load_ingress_predictor(path: str) -> Predictor:
