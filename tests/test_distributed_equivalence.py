@@ -1,4 +1,5 @@
-"""The label-sharded table and the gathered label embeddings give 2 workers exactly what 1 worker computes.
+"""The label-sharded table and the gathered label embeddings give 2 workers exactly what 1 worker computes;
+rows one worker asks for come from their owners.
 
 Two gloo processes on 127.0.0.1 (no Ray needed) each hold half of the table; the rows they look up, the
 loss and the gradients (summed over workers, then averaged like DDP) must equal the single-process ones.
@@ -15,9 +16,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from xmc.distributed import all_gather_with_grad, gather_rows
+from xmc.distributed import all_gather_with_grad, gather_rows, reduce_scatter_rows
 from xmc.losses.multilabel import supcon
 from xmc.models.label_table import ShardedLabelTable
+from xmc.models.prototypes import LabelPrototypes
 
 from conftest import free_port
 
@@ -77,9 +79,30 @@ def _worker(rank, world, port, out):
         # a worker with nothing to contribute (and so no width) still gets everyone's rows
         mine = np.full((2, 3), rank + 1.0, np.float32) if rank == 0 else np.zeros((0, 0), np.float32)
         uneven = gather_rows(mine)
+        # each worker asks for different rows, in rounds of 3 ids; worker 1 asks for none
+        asked = np.array([22, 1, 4, 4, 13, 0, 7, 19], dtype=np.int64) if rank == 0 else np.zeros(0, np.int64)
+        fetched = sharded.rows_of(asked, chunk=3)
+        # a worker's own labels' prototype inputs, fetched from the free vectors' owners, are what the
+        # every-worker-the-same-ids lookup gives for those labels
+        prototypes = LabelPrototypes(NUM_LABELS, DIM, 8, rank, world)
+        prototypes.free_of = np.arange(NUM_LABELS) * 5 % 8
+        with torch.no_grad():
+            prototypes.free.rows.weight.copy_(table[:8][torch.from_numpy(prototypes.free.owned)])
+        prototypes.centroids.rows = -table[torch.from_numpy(prototypes.centroids.owned)]
+        own_free, own_centroids = prototypes.own_inputs()
+        all_free, all_centroids = prototypes.inputs(np.arange(NUM_LABELS))
+        owned = torch.from_numpy(prototypes.centroids.owned)
+        assert torch.equal(own_free, all_free[owned].detach())
+        assert torch.equal(own_centroids, all_centroids[owned])
+        assert torch.equal(own_free, table[:8][torch.from_numpy(prototypes.free_of)][owned])
+        # each worker receives the sum of its own block of rows only
+        summed = reduce_scatter_rows(torch.arange(10.0).reshape(5, 2) * (rank + 1), [3, 2])
+        assert torch.equal(summed, 3 * torch.arange(10.0).reshape(5, 2)[[0, 1, 2] if rank == 0 else [3, 4]])
         if rank == 0:
             out.put((total.item() / world, grad.numpy(), label_grad, rows.detach().numpy(), full.numpy(),
-                     uneven))
+                     uneven, asked, fetched.numpy()))
+        else:
+            assert fetched.shape == (0, DIM)
     finally:
         dist.destroy_process_group()
 
@@ -91,7 +114,7 @@ def test_two_workers_match_one():
     procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    loss2, *arrays, uneven = queue.get(timeout=120)
+    loss2, *arrays, uneven, asked, fetched = queue.get(timeout=120)
     grad2, label_grad2, rows2, full2 = map(torch.from_numpy, arrays)
     assert uneven.shape == (2, 3) and (uneven == 1.0).all()
     for p in procs:
@@ -101,6 +124,7 @@ def test_two_workers_match_one():
     table = _inputs()[0]
     assert torch.equal(rows2, table[torch.from_numpy(POOL)])  # every worker sees all pool rows
     assert torch.allclose(full2, F.normalize(table, dim=-1), atol=1e-6)
+    assert np.array_equal(fetched, table.numpy()[asked])  # rows asked for by one worker, from both owners
     # only pool rows have gradients, and they match the single-process ones
     untouched = np.setdiff1d(np.arange(NUM_LABELS), POOL)
     assert torch.count_nonzero(grad2[torch.from_numpy(untouched)]) == 0

@@ -76,15 +76,21 @@ def test_local_mode_training_beats_zero_shot_and_writes_the_run(subset, tmp_path
     from xmc.scoring.model import ScoringModel
     from xmc.training.driver import run_training
 
-    label_encodings = []  # labels encoded, at each encoding of label texts
-    encode = ScoringModel.encode
+    label_encodings = []  # labels encoded, at each encoding of label texts (a collective or a worker's own)
+    encode, encode_own = ScoringModel.encode, ScoringModel._encode_own
 
     def counting_encode(self, embed, tokens, rows=None):
         if tokens is self.label_tokens:
             label_encodings.append(len(tokens[1]) if rows is None else len(rows))
         return encode(self, embed, tokens, rows)
 
+    def counting_encode_own(self, embed, tokens, rows):
+        if tokens is self.label_tokens:
+            label_encodings.append(len(rows))
+        return encode_own(self, embed, tokens, rows)
+
     monkeypatch.setattr(ScoringModel, "encode", counting_encode)
+    monkeypatch.setattr(ScoringModel, "_encode_own", counting_encode_own)
 
     zero_shot = tmp_path / "zero-shot"
     run_job("evaluate.py", "--data", str(subset / "prepared"), "--encoder", "default",

@@ -9,7 +9,7 @@ from xmc.data.config import DatasetConfig
 from xmc.data.dataset import PreparedDataset
 from xmc.evaluation.config import EvalConfig
 from xmc.evaluation.metrics import REPORTED_METRICS, compute_metrics
-from xmc.evaluation.retrieval import predict_topk
+from xmc.evaluation.retrieval import sharded_predict_topk
 from xmc.scoring import fusion
 from xmc.scoring.model import ScoringModel, TokenArrays
 
@@ -47,28 +47,28 @@ def evaluate_model(scoring: ScoringModel, dataset: PreparedDataset, queries: Tok
 
     The fused score is ``de_weight · cos_DE + cos_CLF`` plus ``cold_start_offset`` for labels without
     training positives (:mod:`xmc.scoring.fusion`). A model without a classifier reports a fused entry only
-    when it has an offset. Every worker calls it (the encodings are collectives); rank 0 gets the result,
-    the others None.
+    when it has an offset. Every worker calls it (a collective): each indexes the labels it holds
+    (:attr:`ScoringModel.own_labels`) and the per-worker top-k are merged; rank 0 gets the result, the others
+    None.
     """
-    heads = scoring.head_vectors()
+    heads = scoring.own_head_vectors()
     query_vectors = scoring.query_head_vectors(queries, rows)
-    if scoring.rank != 0:
-        return None
-    d = scoring.de_dim
+    d, own, device = scoring.de_dim, scoring.own_labels, scoring.device
+
+    def top(queries: np.ndarray, labels: np.ndarray) -> Prediction:
+        return sharded_predict_topk(queries, labels, own, scoring.num_labels, config, device)
 
     def score(prediction: Prediction) -> dict[str, float]:
         return evaluate_predictions(dataset, *prediction, data.propensity_a, data.propensity_b, split=split,
                                     rows=rows, train_rows=train_rows)
 
-    device = scoring.device
-    results = {"de": score(predict_topk(query_vectors[:, :d], heads.de, config, device))}
+    predictions = {"de": top(query_vectors[:, :d], heads.de)}
     if heads.clf is not None:
-        results["clf"] = score(predict_topk(query_vectors[:, d:], heads.clf, config, device))
+        predictions["clf"] = top(query_vectors[:, d:], heads.clf)
     offset = scoring.heads.cold_start_offset
-    fused = predict_topk(fusion.fold_queries(query_vectors, offset),
-                         fusion.fold_labels(heads.de, heads.clf, scoring.cold_start, scoring.heads.de_weight,
-                                            offset),
-                         config, device)
+    fused = top(fusion.fold_queries(query_vectors, offset), scoring.own_label_vectors(heads))
     if heads.clf is not None or fusion.has_offset_column(offset):
-        results["fused"] = score(fused)
-    return results, fused
+        predictions["fused"] = fused
+    if scoring.rank != 0:
+        return None
+    return {name: score(prediction) for name, prediction in predictions.items()}, fused

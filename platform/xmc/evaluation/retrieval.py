@@ -8,7 +8,7 @@ import torch
 from xmc.data.config import DatasetConfig
 from xmc.data.dataset import PreparedDataset
 from xmc.evaluation.config import EvalConfig
-from xmc.mining.ann import build_index, search
+from xmc.mining.ann import build_index, search, sharded_topk
 from xmc.models.config import EncoderConfig
 from xmc.models.encoder import (
     TextEncoder,
@@ -26,6 +26,15 @@ def predict_topk(query_vectors: np.ndarray, label_vectors: np.ndarray, config: E
     runs on ``device`` when it is a GPU (see :func:`xmc.mining.ann.build_index`)."""
     index = build_index(label_vectors, config.ann, device=device)
     scores, indices = search(index, query_vectors, config.top_k)
+    return indices, scores
+
+
+def sharded_predict_topk(query_vectors: np.ndarray, label_vectors: np.ndarray, label_ids: np.ndarray,
+                         num_labels: int, config: EvalConfig, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_topk` where each worker holds the vectors of its labels ``label_ids`` only (a
+    collective: :func:`xmc.mining.ann.sharded_topk`); every worker gets the top-k over all labels."""
+    scores, indices = sharded_topk(query_vectors, label_vectors, label_ids, num_labels, config.top_k,
+                                   config.ann, device=device)
     return indices, scores
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xmc.mining.ann import search
+from xmc.mining.ann import merge_topk, search
+
+__all__ = ["ShardIndex", "merge_topk", "shard_ranges"]
 
 
 def shard_ranges(num_labels: int, shards: int) -> list[tuple[int, int]]:
@@ -20,26 +22,6 @@ def shard_ranges(num_labels: int, shards: int) -> list[tuple[int, int]]:
         raise ValueError(f"shards must be between 1 and the number of labels ({num_labels}), got {shards}")
     bounds = np.linspace(0, num_labels, shards + 1).round().astype(np.int64)
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-shard ``(scores [n, k_i], global ids [n, k_i])`` into the overall top-``k``.
-
-    Empty slots (id −1, which faiss fills when a shard has fewer than k_i hits) rank last. Ties keep shard
-    order, then rank within the shard (a stable sort), so the merge is deterministic. Returns
-    ``(scores float32 [n, k], ids int64 [n, k])`` padded with (−inf, −1).
-    """
-    scores = np.concatenate([np.asarray(s, dtype=np.float32) for s, _ in parts], axis=1)
-    ids = np.concatenate([np.asarray(i, dtype=np.int64) for _, i in parts], axis=1)
-    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    top_scores = np.take_along_axis(scores, order, axis=1)
-    top_ids = np.take_along_axis(ids, order, axis=1)
-    if top_ids.shape[1] < k:  # fewer candidates than k in total
-        pad = k - top_ids.shape[1]
-        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
-    return top_scores, top_ids
 
 
 @dataclass

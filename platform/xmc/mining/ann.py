@@ -7,14 +7,20 @@ working on a GPU (a training worker) searches there: the flat and IVF indexes mo
 faiss build that has GPU support (the ``gpu`` extra); with faiss-cpu a flat index becomes
 :class:`TorchFlatIndex`, the same exact search as matrix products on the GPU, instead of the CPU cores
 beside it.
+
+With several workers each holds the vectors of its own labels only (a shard): :func:`sharded_topk` searches
+every query in every worker's index and merges the per-worker top-k, so what travels between workers is k
+candidates per query, never label vectors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
+from xmc.distributed import gather_rows, rank_and_world
 from xmc.mining.config import AnnConfig
 
 
@@ -103,3 +109,63 @@ def search(index, queries: np.ndarray, k: int, batch_rows: int = 16384) -> tuple
         stop = start + batch_rows
         scores[start:stop], ids[start:stop] = index.search(queries[start:stop], k)
     return scores, ids
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard ``(scores [n, k_i], global ids [n, k_i])`` into the overall top-``k``.
+
+    Empty slots (id −1, which faiss fills when a shard has fewer than k_i hits) rank last. Ties keep shard
+    order, then rank within the shard (a stable sort), so the merge is deterministic. Returns
+    ``(scores float32 [n, k], ids int64 [n, k])`` padded with (−inf, −1).
+    """
+    scores = np.concatenate([np.asarray(s, dtype=np.float32) for s, _ in parts], axis=1)
+    ids = np.concatenate([np.asarray(i, dtype=np.int64) for _, i in parts], axis=1)
+    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top_scores = np.take_along_axis(scores, order, axis=1)
+    top_ids = np.take_along_axis(ids, order, axis=1)
+    if top_ids.shape[1] < k:  # fewer candidates than k in total
+        pad = k - top_ids.shape[1]
+        top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
+    return top_scores, top_ids
+
+
+def sharded_topk(queries: np.ndarray, label_vectors: np.ndarray, label_ids: np.ndarray, num_labels: int,
+                 k: int, config: AnnConfig | None = None, seed: int = 0, device=None,
+                 batch_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` ``(scores float32, global label ids int64)`` of ``queries`` over the labels of all workers.
+
+    A collective: every worker passes the same ``queries`` and its own labels (``label_vectors`` of the
+    global ids ``label_ids``; ``num_labels`` in all). Each worker indexes only its labels (the index kind
+    chosen for ``num_labels``, so a shard is searched the way the whole would be), searches the queries a
+    chunk at a time, and the chunk's per-worker candidates are all-gathered and merged. A worker holds its
+    shard, the queries and ``k`` candidates per query and worker of one chunk. With one worker this is
+    :func:`build_index` and :func:`search` on all labels. Returns ``min(k, num_labels)`` columns, −1 padded
+    where the index kind finds fewer.
+    """
+    config = config or AnnConfig()
+    config = dataclasses.replace(config, kind=resolved_kind(config, num_labels))
+    label_ids = np.asarray(label_ids, dtype=np.int64)
+    index = build_index(label_vectors, config, seed=seed, device=device) if len(label_ids) else None
+    k = min(k, num_labels)
+    _, world = rank_and_world()
+    out_scores = np.empty((len(queries), k), dtype=np.float32)
+    out_ids = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), batch_rows):
+        chunk = queries[start:start + batch_rows]
+        scores = np.full((len(chunk), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(chunk), k), -1, dtype=np.int64)
+        if index is not None:
+            found_scores, found = search(index, chunk, k)
+            hits = found >= 0
+            scores[:, :found.shape[1]] = np.where(hits, found_scores, -np.inf)
+            ids[:, :found.shape[1]] = np.where(hits, label_ids[np.maximum(found, 0)], -1)
+        if world > 1:
+            scores = gather_rows(scores, device)  # [world · chunk, k]: worker r's candidates in block r
+            ids = gather_rows(ids, device)
+            parts = [(scores[r * len(chunk):(r + 1) * len(chunk)], ids[r * len(chunk):(r + 1) * len(chunk)])
+                     for r in range(world)]
+            scores, ids = merge_topk(parts, k)
+        out_scores[start:start + len(chunk)], out_ids[start:start + len(chunk)] = scores, ids
+    return out_scores, out_ids

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.mining.ann import build_index, search
+from xmc.mining.ann import sharded_topk
 from xmc.mining.config import AnnConfig
 
 
@@ -28,13 +28,17 @@ def remove_positives(candidates: np.ndarray, positives: sp.csr_matrix, rows: np.
 
 
 def compute_shortlists(query_vectors: np.ndarray, label_vectors: np.ndarray, positives: sp.csr_matrix,
-                       rows: np.ndarray, size: int, ann: AnnConfig, index=None) -> np.ndarray:
+                       rows: np.ndarray, size: int, ann: AnnConfig, *, label_ids: np.ndarray | None = None,
+                       num_labels: int | None = None, seed: int = 0, device=None) -> np.ndarray:
     """``[len(rows), size]`` int32 hard-negative candidates for training queries ``rows``.
 
-    Searches ``size`` plus a margin for the positives that will be removed (up to 32 per query).
+    ``label_vectors`` are those of all labels, or, with ``label_ids``, of this worker's labels among
+    ``num_labels`` (a collective: :func:`xmc.mining.ann.sharded_topk`). Searches ``size`` plus a margin for
+    the positives that will be removed (up to 32 per query).
     """
-    if index is None:
-        index = build_index(label_vectors, ann)
+    if label_ids is None:
+        label_ids, num_labels = np.arange(len(label_vectors)), len(label_vectors)
     max_positives = int(np.diff(positives.indptr).max()) if positives.nnz else 0
-    _, candidates = search(index, query_vectors, size + min(max_positives, 32))
+    _, candidates = sharded_topk(query_vectors, label_vectors, label_ids, num_labels,
+                                 size + min(max_positives, 32), ann, seed=seed, device=device)
     return remove_positives(candidates, positives, rows, size)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmc.distributed import all_reduce_with_grad
+from xmc.distributed import all_reduce_with_grad, gather_rows
 
 
 class ShardedLabelTable(nn.Module):
@@ -46,6 +46,34 @@ class ShardedLabelTable(nn.Module):
         """Divide the summed gradient by the world size, matching DDP's averaging of the dense parameters."""
         if self.world_size > 1 and self.rows.weight.grad is not None:
             self.rows.weight.grad = self.rows.weight.grad.coalesce() / self.world_size
+
+    @torch.no_grad()
+    def rows_of(self, label_ids: np.ndarray, chunk: int = 1 << 16) -> torch.Tensor:
+        """``[len(label_ids), dim]`` rows where every worker asks for its own ids (no gradients).
+
+        A collective in rounds of at most ``chunk`` ids per worker: the round's requests are all-gathered,
+        each owner fills in its rows and one all-reduce answers every worker, so a round moves
+        ``world · chunk`` rows and no worker ever holds the table.
+        """
+        label_ids = np.asarray(label_ids, dtype=np.int64)
+        weight = self.rows.weight
+        if self.world_size == 1:
+            return weight[torch.from_numpy(label_ids).to(weight.device)].detach()
+        import torch.distributed as dist
+
+        counts = gather_rows(np.array([len(label_ids)], dtype=np.int64), weight.device)
+        out = torch.empty(len(label_ids), self.dim, device=weight.device)
+        for start in range(0, int(counts.max()), chunk):
+            sizes = np.clip(counts - start, 0, chunk)
+            asked = torch.from_numpy(gather_rows(label_ids[start:start + chunk], weight.device))
+            asked = asked.to(weight.device)
+            mine = (asked % self.world_size) == self.rank
+            answer = torch.zeros(len(asked), self.dim, device=weight.device)
+            answer[mine] = weight[asked[mine] // self.world_size].float()
+            dist.all_reduce(answer)
+            offset = int(sizes[:self.rank].sum())
+            out[start:start + int(sizes[self.rank])] = answer[offset:offset + int(sizes[self.rank])]
+        return out
 
     @torch.no_grad()
     def full_normalized(self) -> torch.Tensor:

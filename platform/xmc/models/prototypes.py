@@ -85,13 +85,15 @@ class CentroidStore:
 
     @torch.no_grad()
     def set_exact(self, positives_by_label, query_embeddings: np.ndarray, fallback: np.ndarray) -> None:
-        """m_l = normalised mean of all training-query embeddings tagged with l (``fallback[l]`` if none).
+        """m_l = normalised mean of all training-query embeddings tagged with l (its ``fallback`` row if
+        none).
 
-        ``positives_by_label`` is the CSC/CSR matrix labels × training queries restricted to the owned labels.
+        ``positives_by_label`` is the CSC/CSR matrix labels × training queries restricted to the owned labels;
+        ``fallback`` holds the owned labels' rows, in ``owned`` order.
         """
         sums = np.asarray(positives_by_label @ query_embeddings, dtype=np.float32)
         counts = np.asarray(positives_by_label.sum(axis=1)).ravel()
-        rows = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], fallback[self.owned])
+        rows = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], fallback)
         rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         self.rows = torch.from_numpy(rows.astype(np.float32)).to(self.rows.device)
 
@@ -116,9 +118,15 @@ class LabelPrototypes:
     def set_exact_centroids(self, positives: sp.csr_matrix, queries: np.ndarray,
                             fallback: np.ndarray) -> None:
         """Each owned label's centroid from all training queries tagged with it: ``positives`` is the label
-        matrix of the rows ``queries`` embeds (training queries × labels); ``fallback`` the label texts."""
+        matrix of the rows ``queries`` embeds (training queries × labels); ``fallback`` the text embeddings
+        of the owned labels, in ``centroids.owned`` order."""
         by_label = positives[:, self.centroids.owned].T.tocsr()
         self.centroids.set_exact(by_label, queries, fallback)
+
+    def own_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(free vectors, centroids)`` of the labels this worker owns (``centroids.owned`` order), without
+        gradients: a collective, but one in which no worker holds other workers' labels."""
+        return self.free.rows_of(self.free_of[self.centroids.owned]), self.centroids.rows
 
     def inputs(self, label_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``(free vectors, centroids)`` of ``label_ids`` on every worker (a collective: every worker calls it

@@ -4,7 +4,9 @@ Training builds one (:meth:`ScoringModel.build`) and trains its modules; evaluat
 and a bundle's query tower use the same object restored from a checkpoint
 (:meth:`ScoringModel.from_checkpoint`) or from a bundle, without optimizer state, data loaders or a
 trainer. With several workers every encoding method is a collective: each worker encodes a share and
-every worker gets all rows, so the same code serves 1 or N workers.
+every worker gets all rows, so the same code serves 1 or N workers. The ``own_*`` methods give instead the
+vectors of the labels this worker holds (:attr:`ScoringModel.own_labels`), which is what training-time
+mining and evaluation index: no worker then holds every label's vector.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class ScoringModel:
         self.rank, self.world_size = rank, world_size
         self._tokenizer = None
         self._label_text: np.ndarray | None = None  # DE embeddings of all label texts, until weights change
+        self._own_label_text: np.ndarray | None = None  # the same for the labels this worker holds
 
     # ------------------------------------------------------------------------------------------------------
     # construction
@@ -187,6 +190,12 @@ class ScoringModel:
         return (self.model.de_dim + (self.model.clf_dim if self.has_classifier else 0)
                 + int(fusion.has_offset_column(self.heads.cold_start_offset)))
 
+    @property
+    def own_labels(self) -> np.ndarray:
+        """The labels this worker holds: ``l % world_size == rank``, the split of the classifier table and
+        the label centroids, so their rows are at hand."""
+        return np.arange(self.rank, self.num_labels, self.world_size, dtype=np.int64)
+
     # ------------------------------------------------------------------------------------------------------
     # encoding
 
@@ -202,7 +211,7 @@ class ScoringModel:
 
     def weights_changed(self) -> None:
         """Forget encodings of the previous weights (the trainer calls this after every optimizer step)."""
-        self._label_text = None
+        self._label_text = self._own_label_text = None
 
     def tokens(self, texts: Sequence[str]) -> TokenArrays:
         """Tokenise like the training token cache: same tokenizer, truncated at ``max_len``."""
@@ -220,6 +229,13 @@ class ScoringModel:
             local = encode_tokens(embed, ids, lengths, batch_size=self.batch_size, device=self.device,
                                   dtype=self.dtype, rows=mine, progress=False)
         return gather_rows(local, self.device)
+
+    def _encode_own(self, embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tokens: TokenArrays,
+                    rows: np.ndarray) -> np.ndarray:
+        """``embed`` of ``rows`` of ``tokens`` on this worker alone (not a collective)."""
+        with self.eval_mode(), torch.inference_mode():
+            return encode_tokens(embed, *tokens, batch_size=self.batch_size, device=self.device,
+                                 dtype=self.dtype, rows=np.asarray(rows), progress=False)
 
     def _as_tokens(self, queries: Sequence[str] | TokenArrays) -> TokenArrays:
         if isinstance(queries, tuple) and len(queries) == 2 and isinstance(queries[0], np.ndarray):
@@ -263,17 +279,31 @@ class ScoringModel:
         text = self.label_text_vectors(rows) if text is None else text
         if self.prototypes is None:
             return text
-        ids = self._ids(rows)
         with torch.no_grad():
-            free, centroids = self.prototypes.inputs(ids)
+            free, centroids = self.prototypes.inputs(self._ids(rows))
+        return self._prototype_vectors(text, free, centroids)
+
+    def _prototype_vectors(self, text: np.ndarray, free: torch.Tensor, centroids: torch.Tensor) -> np.ndarray:
         out = np.empty_like(text)
         with self.eval_mode(), torch.inference_mode():
-            for start in range(0, len(ids), PROTOTYPE_CHUNK):
+            for start in range(0, len(text), PROTOTYPE_CHUNK):
                 stop = start + PROTOTYPE_CHUNK
                 chunk = torch.from_numpy(text[start:stop]).to(self.device)
                 out[start:stop] = self.model.lpn(chunk, free[start:stop],
                                                  centroids[start:stop]).float().cpu().numpy()
         return out
+
+    def text_label_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """The folded vectors (:meth:`label_vectors`) of labels known only by their ``texts``, such as labels
+        added after training: DE side the text's embedding, classifier side the text through the classifier
+        head (what ``clf_untrained: label_text`` gives a label without training data), plus the cold-start
+        offset. With prototypes the DE side is the text embedding too: a new label has no free-vector
+        cluster and no training queries to make a prototype from."""
+        tokens = self.tokens(texts)
+        de = self.encode(self.model.embed_de, tokens)
+        clf = self.encode(self.model.embed_clf, tokens) if self.has_classifier else None
+        return fusion.fold_labels(de, clf, np.arange(len(texts)), self.heads.de_weight,
+                                  self.heads.cold_start_offset)
 
     def untrained_text_vectors(self) -> np.ndarray:
         """Classifier-side embeddings of the cold-start labels' texts, in ``cold_start`` order: what
@@ -312,4 +342,46 @@ class ScoringModel:
         label index holds."""
         heads = self.head_vectors(rows)
         return fusion.fold_labels(heads.de, heads.clf, self._cold_positions(self._ids(rows)),
+                                  self.heads.de_weight, self.heads.cold_start_offset)
+
+    # ------------------------------------------------------------------------------------------------------
+    # the labels this worker holds
+
+    def own_label_text_vectors(self) -> np.ndarray:
+        """DE embeddings of the texts of :attr:`own_labels` (kept until :meth:`weights_changed`, so an epoch's
+        evaluation and the next epoch's mining encode them once)."""
+        if self._own_label_text is None:
+            self._own_label_text = self._encode_own(self.model.embed_de, self._labels(), self.own_labels)
+        return self._own_label_text
+
+    def own_de_label_vectors(self, text: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`de_label_vectors` of :attr:`own_labels` (``text``: their text embeddings, when at hand);
+        with prototypes a collective, which fetches each owned label's free vector from its owner."""
+        text = self.own_label_text_vectors() if text is None else text
+        if self.prototypes is None:
+            return text
+        free, centroids = self.prototypes.own_inputs()
+        return self._prototype_vectors(text, free, centroids)
+
+    def own_classifier_vectors(self) -> np.ndarray | None:
+        """:meth:`classifier_vectors` of :attr:`own_labels`: this worker's table rows, normalised (cold-start
+        labels by their text under ``clf_untrained: label_text``)."""
+        if self.classifier is None:
+            return None
+        with torch.no_grad():
+            out = torch.nn.functional.normalize(self.classifier.rows.weight.float(), dim=-1).cpu().numpy()
+        if self.heads.clf_untrained == "label_text":
+            cold = self._cold_positions(self.own_labels)
+            if len(cold):
+                out[cold] = self._encode_own(self.model.embed_clf, self._labels(), self.own_labels[cold])
+        return out
+
+    def own_head_vectors(self) -> HeadVectors:
+        """:meth:`head_vectors` of :attr:`own_labels` (a collective with prototypes)."""
+        return HeadVectors(self.own_de_label_vectors(), self.own_classifier_vectors())
+
+    def own_label_vectors(self, heads: HeadVectors | None = None) -> np.ndarray:
+        """The folded vectors (:meth:`label_vectors`) of :attr:`own_labels`."""
+        heads = heads or self.own_head_vectors()
+        return fusion.fold_labels(heads.de, heads.clf, self._cold_positions(self.own_labels),
                                   self.heads.de_weight, self.heads.cold_start_offset)

@@ -1,10 +1,13 @@
 """What each epoch trains on: mined hard-negative shortlists, clusters of similar queries, the batch plan.
 
-Every ``mining.refresh_every`` epochs from ``mining.start_epoch`` the current model re-encodes all labels
-and training queries (each worker a share, then all-gathered), rebuilds the label index, recomputes every
-training query's hard-negative shortlist (each worker its share of the queries) and re-clusters the
-queries into batches of similar ones (rank 0, broadcast). Every worker then builds the same batch plan from
-the same seed.
+Every ``mining.refresh_every`` epochs from ``mining.start_epoch`` the current model re-encodes the training
+queries (each worker a share, then all-gathered: every worker holds all query vectors) and the labels each
+worker holds (:attr:`~xmc.scoring.model.ScoringModel.own_labels`: never all of them), searches every query in
+every worker's label index and merges the per-worker candidates (:func:`~xmc.mining.ann.sharded_topk`) into
+each training query's hard-negative shortlist, and re-clusters the queries into batches of similar ones
+(rank 0, broadcast). Every worker then builds the same batch plan from the same seed. The query side (query
+vectors, shortlists, clusters: O(N)) stays whole on every worker, as the batch plan needs it there; the
+label side (O(L)) is split.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import time
 
 import numpy as np
 
-from xmc.distributed import broadcast_array, gather_rows, my_share
+from xmc.distributed import broadcast_array
 from xmc.experiment import ExperimentConfig
-from xmc.mining.ann import build_index
 from xmc.mining.batches import BatchPlan, clustered_plan, random_plan
 from xmc.mining.clustering import balanced_clusters
 from xmc.mining.shortlist import compute_shortlists
@@ -41,19 +43,18 @@ class EpochPlanner:
         """Re-encode labels and training queries, recompute shortlists and query clusters."""
         started = time.time()
         scoring, data, cfg = self.scoring, self.data, self.config.mining
-        rank, world = scoring.rank, scoring.world_size
-        labels = scoring.label_text_vectors()
+        text = scoring.own_label_text_vectors()
         queries = scoring.encode(scoring.model.embed_de, data.cache.arrays("train"), data.train_rows)
         if scoring.prototypes is not None and self.config.model.centroid_update == "exact":
-            scoring.prototypes.set_exact_centroids(data.positives[data.train_rows], queries, labels)
-        labels = scoring.de_label_vectors(text=labels)
-        index = build_index(labels, cfg.ann, seed=self.config.train.seed, device=scoring.device)
-        mine = my_share(np.arange(len(data.train_rows)), rank, world)
-        local = compute_shortlists(queries[mine], labels, data.positives, data.train_rows[mine],
-                                   cfg.shortlist_size, cfg.ann, index=index)
+            scoring.prototypes.set_exact_centroids(data.positives[data.train_rows], queries, text)
+        labels = scoring.own_de_label_vectors(text=text)
         shortlists = np.full((data.positives.shape[0], cfg.shortlist_size), -1, dtype=np.int32)
-        shortlists[data.train_rows] = gather_rows(local, scoring.device)
+        shortlists[data.train_rows] = compute_shortlists(
+            queries, labels, data.positives, data.train_rows, cfg.shortlist_size, cfg.ann,
+            label_ids=scoring.own_labels, num_labels=scoring.num_labels, seed=self.config.train.seed,
+            device=scoring.device)
         self.shortlists = shortlists
+        rank = scoring.rank
         if cfg.cluster_batches:
             plan = None
             if rank == 0:
@@ -64,8 +65,8 @@ class EpochPlanner:
             self.clusters = BatchPlan(broadcast_array(plan.order if plan else None, scoring.device),
                                       broadcast_array(plan.offsets if plan else None, scoring.device))
         if rank == 0:
-            log.info("mining at epoch %d: %d labels, %d queries in %.1fs", epoch, len(labels), len(queries),
-                     time.time() - started)
+            log.info("mining at epoch %d: %d labels, %d queries in %.1fs", epoch, scoring.num_labels,
+                     len(queries), time.time() - started)
 
     def plan(self, epoch: int) -> BatchPlan:
         """The epoch's batches: clustered once mining has started (and clusters exist), else random."""

@@ -45,4 +45,5 @@ def prototypes_from_label_text(scoring: ScoringModel, data: TrainingData, seed: 
     means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
     with torch.no_grad():
         prototypes.free.rows.weight.copy_(torch.from_numpy(means[prototypes.free.owned]).to(scoring.device))
-    prototypes.set_exact_centroids(data.positives[data.train_rows], queries, labels)
+    own_text = labels[prototypes.centroids.owned]
+    prototypes.set_exact_centroids(data.positives[data.train_rows], queries, own_text)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from xmc.distributed import all_gather_with_grad, equal_share, my_share, share_sizes
+from xmc.distributed import all_gather_with_grad, equal_share, my_share, reduce_scatter_rows, share_sizes
 from xmc.experiment import ExperimentConfig
 from xmc.losses.objective import step_loss
 from xmc.models.encoder import autocast
@@ -129,12 +129,7 @@ class AllLabelsStep(Step):
             return self.forward(label_ids=ids.to(device), label_mask=mask.to(device))["label_de"]
 
         def reduce_label_grad(grad: torch.Tensor) -> torch.Tensor:
-            if self.world > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(grad)
-            start = sum(sizes[: self.rank])
-            return grad[start:start + sizes[self.rank]]
+            return reduce_scatter_rows(grad, sizes)  # the gradient of the label rows this worker encoded
 
         def loss_fn(queries: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
             return self.loss(queries["query_de"] @ labels.T, targets, row_mask, all_ids, generator)
