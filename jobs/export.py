@@ -6,6 +6,8 @@ label texts, manifest.
         --set ann.kind=ivf --set ann.ivf_nprobe=64
     python jobs/export.py --run runs/demo --out bundles/demo-e1 \\
         --set checkpoint=checkpoint_epoch001_step0000250
+    python jobs/export.py --run runs/demo --shards 2 --out bundles/demo-v2 \\
+        --add-labels new-tags.json --remove-labels retired-tags.txt
 
 Label vectors are the run's fused scoring vectors ([DE ; classifier], as its evaluation ranks them), with the
 settings jobs/calibrate.py chose when the run has a calibration.json (``--set de_weight=...``,
@@ -13,6 +15,10 @@ settings jobs/calibrate.py chose when the run has a calibration.json (``--set de
 index below ``ann.exact_below`` (50,000) labels and HNSW above it (``--set ann.kind=flat|ivf|hnsw`` forces
 one). The bundle is written to a temporary directory and renamed; its manifest records the sha256 of every
 file, which loading verifies.
+
+Labels change without retraining: --add-labels takes new labels in the dataset's label file layout (one JSON
+object per line: uid, title, optional content); they are scored by their text through the trained towers.
+--remove-labels takes uids, one per line; no search returns them. Serve swaps to the new bundle in place.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ def main() -> int:
     parser.add_argument("--out", required=True,
                         help="bundle to write (replaced if it exists): a path or a storage URI")
     parser.add_argument("--shards", type=int, help="label index shards (default 1; same as --set shards=N)")
+    parser.add_argument("--add-labels", metavar="FILE",
+                        help="labels to add, scored by their text (JSON lines: uid, title, content)")
+    parser.add_argument("--remove-labels", metavar="FILE", help="uids of labels to remove, one per line")
     add_config_arguments(parser)
     args = parser.parse_args()
 
@@ -41,6 +50,8 @@ def main() -> int:
     if args.shards is not None:
         args.overrides = [f"shards={args.shards}", *args.overrides]
     config = config_from_args(ExportConfig, args)
+    config.add_labels = args.add_labels or config.add_labels  # file names, never parsed as YAML values
+    config.remove_labels = args.remove_labels or config.remove_labels
 
     from xmc.index.bundle import Bundle
     from xmc.index.export import check_bundle, export_run
@@ -49,7 +60,7 @@ def main() -> int:
     check_bundle(out)
     manifest = Bundle(out).manifest
     print(f"wrote {out}")
-    print(json.dumps({"version": manifest["version"], **manifest["counts"],
+    print(json.dumps({"version": manifest["version"], **manifest["counts"], **manifest["label_edits"],
                       "indexes": [s["index"] for s in manifest["shards"]]}, indent=1))
     return 0
 

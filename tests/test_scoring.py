@@ -15,6 +15,7 @@ from xmc.index.export import export_run
 from xmc.mining.ann import build_index, search
 from xmc.mining.config import AnnConfig
 from xmc.scoring import fusion
+from xmc.scoring.model import ScoringModel
 from xmc.scoring.run import TrainedRun
 from xmc.training.driver import resolve_run, write_run_config
 from xmc.training.session import Session
@@ -183,3 +184,73 @@ def test_label_vectors_of_a_subset_of_labels_are_those_rows_of_all(restored):
         assert set(np.unique(everything[:, -1])) == {0.0, 0.25}
     finally:
         heads.clf_untrained, heads.cold_start_offset, heads.de_weight = "table", 0.0, 1.0
+
+
+def test_the_labels_one_worker_of_two_holds_are_those_rows_of_all(trained, restored):
+    """What a worker indexes in sharded mining and evaluation: the vectors of its own labels (every second
+    one for worker 1 of 2) equal those rows of the one-worker matrix, from its own table rows."""
+    run, scoring, _ = restored
+    second = ScoringModel.from_checkpoint(run.checkpoint, run.config, scoring.num_labels, rank=1,
+                                          world_size=2, label_tokens=scoring.label_tokens, device="cpu")
+    for model in (scoring, second):
+        model.heads.clf_untrained, model.heads.cold_start_offset = "label_text", 0.25
+    try:
+        own = second.own_labels
+        assert np.array_equal(own, np.arange(1, scoring.num_labels, 2))
+        assert len(second.classifier.owned) == len(own)  # it holds half of the table
+        assert len(np.intersect1d(own, scoring.cold_start)) >= 1
+        np.testing.assert_allclose(second.own_label_vectors(), scoring.label_vectors()[own], atol=1e-5)
+        np.testing.assert_array_equal(scoring.own_label_vectors(), scoring.label_vectors())
+    finally:
+        for model in (scoring, second):
+            model.heads.clf_untrained, model.heads.cold_start_offset = "table", 0.0
+
+
+def test_labels_added_and_removed_after_training(restored, tmp_path):
+    """A new bundle version without retraining: removed labels are never returned, an added label is scored
+    by its text exactly as a label without training data is under ``label_text``, ids stay put."""
+    import json
+
+    from xmc.data.errors import DataError
+
+    run, scoring, _ = restored
+    uids, texts = [str(u) for u in run.dataset.uids("labels")], run.dataset.texts("labels")
+    queries = run.dataset.texts("test")[:40]
+    config = ExportConfig(clf_untrained="label_text", ann=AnnConfig(kind="flat"), shards=2)
+    before = Predictor.from_bundle(export_run(run.location, tmp_path / "before", config))
+    top_before = before.topk(queries, 1)[0][:, 0]
+    removed = np.unique(top_before)[:3]  # labels that were someone's best answer
+    (tmp_path / "retired.txt").write_text("".join(f"{uids[i]}\n" for i in removed))
+    cold = int(scoring.cold_start[0])
+    added = [{"uid": "copy-of-" + uids[cold], "title": texts[cold]},
+             {"uid": "brand-new", "title": "smoked paprika", "content": "ignored: labels use the title"}]
+    (tmp_path / "new.json").write_text("".join(json.dumps(label) + "\n" for label in added))
+    config.add_labels, config.remove_labels = str(tmp_path / "new.json"), str(tmp_path / "retired.txt")
+    after = Predictor.from_bundle(export_run(run.location, tmp_path / "after", config))
+
+    num_labels = len(uids)
+    assert after.version != before.version
+    assert after.bundle.num_labels == num_labels + 2 - 3 and after.bundle.num_label_ids == num_labels + 2
+    assert after.bundle.manifest["label_edits"] == {"added": 2, "removed": 3}
+    everything = after.bundle.num_labels
+    ids, scores = after.topk(queries + [texts[i] for i in removed], everything)
+    assert not np.isin(ids, removed).any()  # not even for a query that is the removed label's own text
+    assert set(ids[0]) == set(range(num_labels + 2)) - set(removed.tolist())
+    # the copy of a label without training data gets its vector, so the same score for every query
+    for row_ids, row_scores in zip(ids, scores):
+        at = {label: score for label, score in zip(row_ids, row_scores)}
+        assert at[num_labels] == pytest.approx(at[cold], abs=1e-5)
+    hit = after.predict(["smoked paprika"], k=1)[0][0]
+    assert (hit.id, hit.uid, hit.label) == (num_labels + 1, "brand-new", "smoked paprika")
+    kept = [hit for hit in after.predict(queries[:5], k=5)[0] if hit.id < num_labels]
+    assert all((hit.uid, hit.label) == (uids[hit.id], texts[hit.id]) for hit in kept)  # ids stay put
+
+    (tmp_path / "bad.txt").write_text(f"{uids[0]}\nno-such-label\n")
+    config.add_labels, config.remove_labels = "", str(tmp_path / "bad.txt")
+    with pytest.raises(DataError, match=r"bad.txt:2: no label with uid 'no-such-label'"):
+        export_run(run.location, tmp_path / "never", config)
+    (tmp_path / "clash.json").write_text(json.dumps({"uid": uids[5], "title": "x"}) + "\n")
+    config.add_labels, config.remove_labels = str(tmp_path / "clash.json"), ""
+    with pytest.raises(DataError, match=r"clash.json:1: label .* is already one of the run's labels"):
+        export_run(run.location, tmp_path / "never", config)
+    assert not (tmp_path / "never").exists()

@@ -45,7 +45,8 @@ def trained_run(tmp_path_factory, cooking_source, ray_session) -> Path:
 
 @pytest.fixture(scope="module")
 def bundles(trained_run, tmp_path_factory) -> tuple[Path, Path]:
-    """The final model (through the CLI) and the mid-epoch checkpoint: two versions of the same shape."""
+    """The final model (through the CLI) and the mid-epoch checkpoint with labels edited after training:
+    "caramel" and "eggs" removed, "marzipan" added. Two versions with the same shards."""
     from xmc.index.config import ExportConfig
     from xmc.index.export import export_run
 
@@ -53,7 +54,11 @@ def bundles(trained_run, tmp_path_factory) -> tuple[Path, Path]:
     checkpoints = sorted(p.name for p in trained_run.glob("checkpoint_*") if p.is_dir())
     assert len(checkpoints) == 2, checkpoints
     run_job("export.py", "--run", str(trained_run), "--shards", "2", "--out", str(out / "final"))
-    export_run(trained_run, out / "mid", ExportConfig(shards=2, checkpoint=checkpoints[0]))
+    (out / "removed.txt").write_text("caramel\neggs\n")
+    (out / "added.json").write_text(json.dumps({"uid": "marzipan", "title": "marzipan"}) + "\n")
+    export_run(trained_run, out / "mid", ExportConfig(shards=2, checkpoint=checkpoints[0],
+                                                      add_labels=str(out / "added.json"),
+                                                      remove_labels=str(out / "removed.txt")))
     return out / "final", out / "mid"
 
 
@@ -61,7 +66,7 @@ def test_export_writes_a_verified_bundle_that_scores_like_the_run(trained_run, b
     final, mid = bundles
     bundle = Bundle(final)
     manifest = bundle.manifest
-    assert manifest["counts"] == {"labels": 736, "shards": 2, "dim": 768}  # [DE ; CLF], 384 each
+    assert manifest["counts"] == {"labels": 736, "label_ids": 736, "shards": 2, "dim": 768}  # 384 + 384
     assert [s["labels"] for s in manifest["shards"]] == [368, 368]
     assert manifest["source"]["checkpoint"] == max(p.name for p in trained_run.glob("checkpoint_*")
                                                    if p.is_dir())
@@ -209,7 +214,11 @@ def test_concurrent_requests_with_different_k_each_get_their_own_top_k(served, b
     ({"text": "salt", "texts": ["salt"]}, 422, 'exactly one of "text"'),
     ({"query": "salt"}, 422, "query: Extra inputs are not permitted"),
     ({"text": 3}, 422, "text: Input should be a valid string"),
+    ({"text": "salt", "k": True}, 422, "k: Input should be a valid integer"),
+    ({"text": "salt", "k": "10"}, 422, "k: Input should be a valid integer"),
     ("{not json", 400, "not valid JSON"),
+    ('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, "nested too deeply"),
+    ('{"text": "' + "x" * (10 << 20) + '"}', 413, "request body over"),
 ])
 def test_bad_requests_get_a_4xx_that_says_what_is_wrong(served, body, status, message):
     if isinstance(body, str):
@@ -263,3 +272,9 @@ def test_hot_swap_under_load_drops_no_request(served, bundles):
     assert final in {version for _, version in answers} and after and set(after) == {mid}
     assert before and set(before) == {final}
     assert len(answers) > 20
+    # the new version's label edits are served: removed labels never come back, the added one does
+    reply = requests.post(f"{served}/v1/predict", json={"texts": ["caramel", "eggs", "marzipan"], "k": 100},
+                          timeout=30).json()
+    uids = [[hit["uid"] for hit in row] for row in reply["results"]]
+    assert reply["version"] == mid and uids[2][0] == "marzipan"
+    assert not {"caramel", "eggs"} & {uid for row in uids for uid in row}

@@ -5,6 +5,7 @@ and a Predictor that answers from that bundle as from a local one."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 
 import numpy as np
@@ -86,8 +87,16 @@ def test_a_dataset_in_storage_reads_like_the_local_one(bucket, cooking_source, s
     assert (there.label_matrix("train") != local.label_matrix("train")).nnz == 0
     assert there.texts("labels") == local.texts("labels") and there.uids("test") == local.uids("test")
     model = resolve_model_dir("default")
-    cache = there.token_cache(model, 16, "title", "title", progress=False)
+    # two workers of one node start at once: one builds the node's cache under the lock, both use it
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        caches = list(pool.map(lambda _: PreparedDataset(remote).token_cache(model, 16, "title", "title",
+                                                                             progress=False), range(2)))
+    cache = caches[0]
+    assert caches[1].directory == cache.directory
     assert cache.directory.is_relative_to(tmp_path / "cache")  # on this node, not in the bucket
+    assert [p.name for p in cache.directory.parent.iterdir() if not p.name.startswith(".")] == \
+        [cache.directory.name]  # one cache, no half-built copy beside it
+    assert np.array_equal(caches[1].arrays("train")[0], cache.arrays("train")[0])
     assert not [name for name in storage.list_dir(remote) if name == "tokens"]
     expected = local.token_cache(model, 16, "title", "title", progress=False)
     for split in ("train", "test", "labels"):

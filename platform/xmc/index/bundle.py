@@ -4,7 +4,7 @@
                          sha256 of every file
     encoder/             the fine-tuned backbone (safetensors) and its tokenizer
     heads.safetensors    the query-side heads (DE projection, classifier projection)
-    labels.parquet       id, uid, text of every label
+    labels.parquet       id, uid, text of every label (those removed after training too: ids stay put)
     shards/00000/        index.faiss (faiss's own binary format) + label_ids.npy, one directory per shard
 
 Nothing is pickled. The bundle is written into a temporary directory, manifest last, and renamed into place,
@@ -72,7 +72,9 @@ class Bundle:
                                     f"expected {FORMAT!r} v{FORMAT_VERSION}")
         self.manifest = manifest
         self.version: str = manifest["version"]
-        self.num_labels: int = int(manifest["counts"]["labels"])
+        self.num_labels: int = int(manifest["counts"]["labels"])  # labels the shards hold
+        # rows of labels.parquet: more than num_labels when labels were removed after training
+        self.num_label_ids: int = int(manifest["counts"].get("label_ids", self.num_labels))
         self.num_shards: int = int(manifest["counts"]["shards"])
         self.directory = (storage.local_path(self.location) if storage.is_local(self.location)
                           else storage.cache_root() / "bundles" / self.version)
@@ -122,14 +124,14 @@ class Bundle:
         return ShardIndex.load(self.directory / shard_dir(shard), device)
 
     def load_labels(self) -> tuple[list, list[str]]:
-        """``(uids, texts)`` of all labels, in label-id order."""
+        """``(uids, texts)`` of all label ids, in id order."""
         import pyarrow.parquet as pq
 
         self.verify("labels.parquet")
         table = pq.read_table(self.directory / "labels.parquet")
         ids = table.column("id").to_numpy()
-        if not np.array_equal(ids, np.arange(self.num_labels)):
-            raise BundleError(self.directory / "labels.parquet", "ids are not 0..labels-1 in order")
+        if not np.array_equal(ids, np.arange(self.num_label_ids)):
+            raise BundleError(self.directory / "labels.parquet", "ids are not 0..label_ids-1 in order")
         return table.column("uid").to_pylist(), table.column("text").to_pylist()
 
     def load_query_model(self, device: str = "cpu"):

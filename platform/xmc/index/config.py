@@ -27,6 +27,10 @@ class ExportConfig:
         de_weight, cold_start_offset: override the run's (and its calibration's) ``model.de_weight`` and
             ``model.cold_start_offset``, e.g. with the values calibrated on a held-out run of the same recipe
             (None keeps them).
+        add_labels: labels to add without retraining, in the LF label file layout (``uid``, ``title``,
+            ``content`` per line; a path or a storage URI), scored by their text
+            (:mod:`xmc.index.label_edits`).
+        remove_labels: uids of labels no search may return, one per line (a path or a storage URI).
     """
 
     shards: int = 1
@@ -36,6 +40,8 @@ class ExportConfig:
     calibration: Literal["auto", "off"] = "auto"
     de_weight: float | None = None
     cold_start_offset: float | None = None
+    add_labels: str = ""
+    remove_labels: str = ""
 
     def validate(self) -> None:
         if self.shards < 1:

@@ -3,7 +3,9 @@
 The label vectors are the ones the run's own evaluation ranks with (:meth:`ScoringModel.label_vectors`):
 ``[de_weight · DE ; CLF]`` per label, plus the cold-start offset column when the model has one
 (:mod:`xmc.scoring.fusion`), so an inner product with the query tower's vector is the fused score exactly
-as evaluated. A run calibrated by ``jobs/calibrate.py`` is exported with the settings chosen there.
+as evaluated. A run calibrated by ``jobs/calibrate.py`` is exported with the settings chosen there. Labels
+may be added or removed on the way (:mod:`xmc.index.label_edits`): the result is a new bundle version that
+Serve hot-swaps to like any other.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from xmc.config import ConfigError, to_dict
 from xmc.evaluation.calibration import read_calibration
 from xmc.index.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, BundleError, file_digests, shard_dir
 from xmc.index.config import ExportConfig
+from xmc.index.label_edits import LabelEdits
 from xmc.index.shards import shard_ranges
 from xmc.io import atomic_dir, write_json
 from xmc.models.config import HeadsConfig
@@ -72,18 +75,21 @@ def export_run(run_location: str | os.PathLike, out: str | os.PathLike, config: 
     run = TrainedRun.open(run_location, config.checkpoint)
     out = storage.resolve(out)
     heads = scoring_settings(run, config)
+    edits = LabelEdits.read(config.add_labels, config.remove_labels, run.dataset.uids("labels"),
+                            run.config.dataset.label_text)
     scoring = run.scoring_model()
     if storage.is_local(out):
         with atomic_dir(storage.local_path(out)) as tmp:
-            write_bundle(run, scoring, heads, config, tmp)
+            write_bundle(run, scoring, heads, config, tmp, edits)
     else:
         with tempfile.TemporaryDirectory(prefix="xmc-export-") as tmp:
-            write_bundle(run, scoring, heads, config, Path(tmp))
+            write_bundle(run, scoring, heads, config, Path(tmp), edits)
             storage.upload_dir(tmp, out)
     return out
 
 
-def write_bundle(run: TrainedRun, scoring, heads: HeadsConfig, config: ExportConfig, directory: Path) -> None:
+def write_bundle(run: TrainedRun, scoring, heads: HeadsConfig, config: ExportConfig, directory: Path,
+                 edits: LabelEdits | None = None) -> None:
     """The bundle's files in ``directory`` (manifest last)."""
     import faiss
     import pyarrow as pa
@@ -93,35 +99,45 @@ def write_bundle(run: TrainedRun, scoring, heads: HeadsConfig, config: ExportCon
     from xmc.data.tokens import load_tokenizer
     from xmc.mining.ann import build_index, resolved_kind
 
-    vectors = scoring.label_vectors()
+    edits = edits or LabelEdits()
     experiment, dataset = run.config, run.dataset
-    ranges = shard_ranges(len(vectors), config.shards)
-    version = f"{run.name}-{run.checkpoint_name.removeprefix(CHECKPOINT_PREFIX)}-" \
-              f"{hashlib.sha256(vectors.tobytes()).hexdigest()[:10]}"
+    vectors = scoring.label_vectors()
+    uids = [str(u) for u in dataset.uids("labels")] + edits.added_uids
+    texts = dataset.texts("labels", experiment.dataset.label_text) + edits.added_texts
+    if edits.added_uids:
+        vectors = np.concatenate([vectors, scoring.text_label_vectors(edits.added_texts)])
+    indexed = np.setdiff1d(np.arange(len(vectors)), edits.removed)  # the ids a search may return
+    ranges = shard_ranges(len(indexed), config.shards)
+    digest = hashlib.sha256(vectors[indexed].tobytes())
+    if edits:
+        digest.update(indexed.tobytes())
+    version = f"{run.name}-{run.checkpoint_name.removeprefix(CHECKPOINT_PREFIX)}-{digest.hexdigest()[:10]}"
     model = scoring.model
     save_backbone(model.encoder, directory / "encoder")
     load_tokenizer(model.encoder.model_dir).save_pretrained(str(directory / "encoder"))
     query_heads = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
                    if name.startswith(("de_proj.", "clf_proj."))}
     save_file(query_heads, str(directory / "heads.safetensors"))
-    texts = dataset.texts("labels", experiment.dataset.label_text)
     pq.write_table(pa.table({"id": pa.array(np.arange(len(texts)), pa.int64()),
-                             "uid": pa.array([str(u) for u in dataset.uids("labels")], pa.string()),
+                             "uid": pa.array(uids, pa.string()),
                              "text": pa.array(texts, pa.string())}), directory / "labels.parquet")
     shards = []
     for number, (start, stop) in enumerate(ranges):
         shard = directory / shard_dir(number)
         shard.mkdir(parents=True)
-        index = build_index(vectors[start:stop], config.ann, seed=experiment.train.seed)
+        ids = indexed[start:stop]
+        index = build_index(vectors[ids], config.ann, seed=experiment.train.seed)
         faiss.write_index(index, str(shard / "index.faiss"))
-        np.save(shard / "label_ids.npy", np.arange(start, stop, dtype=np.int64), allow_pickle=False)
-        shards.append({"path": shard_dir(number), "first_label": start, "labels": stop - start,
-                       "index": resolved_kind(config.ann, stop - start)})
+        np.save(shard / "label_ids.npy", ids.astype(np.int64), allow_pickle=False)
+        shards.append({"path": shard_dir(number), "first_label": int(ids[0]), "labels": len(ids),
+                       "index": resolved_kind(config.ann, len(ids))})
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "version": version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "source": {"run": run.location, "checkpoint": run.checkpoint_name, "dataset": dataset.name},
-        "counts": {"labels": len(vectors), "shards": len(ranges), "dim": int(vectors.shape[1])},
+        "counts": {"labels": len(indexed), "label_ids": len(vectors), "shards": len(ranges),
+                   "dim": int(vectors.shape[1])},
+        "label_edits": edits.describe(),
         "score": fusion.score_formula(heads, scoring.has_classifier),
         "query": {"max_len": experiment.dataset.max_len, "pooling": experiment.encoder.pooling,
                   "text_fields": experiment.dataset.query_text, "batch_size": experiment.encoder.batch_size,
