@@ -169,6 +169,8 @@ def test_two_workers_reach_the_quality_of_one(subset, tmp_path, reference_run, c
         assert two[key] == pytest.approx(one[key], abs=1.5), key
     for a, b in zip(history_one, history_two):
         assert b["loss"] == pytest.approx(a["loss"], rel=0.03)
+        # each worker's peak memory, rank by rank (a torch process with an encoder is well over 100 MiB)
+        assert len(a["peak_rss_mib"]) == 1 and len(b["peak_rss_mib"]) == 2 and min(b["peak_rss_mib"]) > 100
     checkpoints = sorted(run_dir.glob("checkpoint_epoch*"))
     assert checkpoints and {p.name for p in checkpoints[-1].glob("table-rank*.json")} == \
         {"table-rank0000.json", "table-rank0001.json"}  # the classifier table is saved as 2 shards

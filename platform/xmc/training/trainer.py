@@ -23,6 +23,7 @@ uninterrupted one does.
 from __future__ import annotations
 
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
-from xmc.distributed import mean_over_workers, rank_and_world
+from xmc.distributed import gather_rows, mean_over_workers, rank_and_world
 from xmc.evaluation.evaluator import evaluate_model
 from xmc.experiment import ExperimentConfig
 from xmc.mining.batches import BatchPlan
@@ -53,6 +54,13 @@ def set_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
+
+
+def peak_rss_mib_per_worker(device: torch.device) -> list[float]:
+    """Each worker's peak resident memory so far, in MiB, rank by rank (a collective): what a run at the
+    edge of a machine's memory needs to see, epoch by epoch."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return [round(float(value), 1) for value in gather_rows(np.array([peak]), device)]
 
 
 class Trainer:
@@ -152,7 +160,8 @@ class Trainer:
         cfg = self.config.train
         mean_loss = self.loss_sum / max(self.loss_count, 1)
         record = {"epoch": self.epoch + 1, "loss": mean_loss, "steps": self.loss_count,
-                  "seconds": round(time.time() - self.epoch_started, 1)}
+                  "seconds": round(time.time() - self.epoch_started, 1),
+                  "peak_rss_mib": peak_rss_mib_per_worker(self.scoring.device)}
         final = self.epoch + 1 == cfg.epochs
         due = final or (cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0)
         evaluation = self.evaluate(final) if due else None
