@@ -19,12 +19,14 @@ from xmc.models.config import DEFAULT_MODEL
 from xmc.models.encoder import resolve_model_dir
 
 
-def write_tiny_encoder(out: Path, source: Path) -> Path:
+def write_tiny_encoder(out: Path, source: Path, hidden_size: int = 32) -> Path:
+    """A one-layer BERT ``hidden_size`` wide (``benchmarks/scale.py`` uses MiniLM's 384, so that label
+    vectors are as large as the real encoder's)."""
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(str(source))
-    config.update({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                   "intermediate_size": 64})
+    config.update({"hidden_size": hidden_size, "num_hidden_layers": 1,
+                   "num_attention_heads": max(2, hidden_size // 64), "intermediate_size": 2 * hidden_size})
     out.mkdir(parents=True, exist_ok=True)
     AutoModel.from_config(config).save_pretrained(str(out))
     load_tokenizer(source).save_pretrained(str(out))
@@ -37,8 +39,9 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--like", default=DEFAULT_MODEL,
                         help="model directory whose tokenizer and kind to use")
+    parser.add_argument("--hidden-size", type=int, default=32)
     args = parser.parse_args()
-    print(write_tiny_encoder(args.out, resolve_model_dir(args.like)))
+    print(write_tiny_encoder(args.out, resolve_model_dir(args.like), args.hidden_size))
 
 
 if __name__ == "__main__":
