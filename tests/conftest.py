@@ -133,6 +133,42 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _gloo_worker(rank: int, world: int, port: int, target, args: tuple, out) -> None:
+    import torch.distributed as dist
+
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        out.put((rank, target(rank, world, *args), None))
+    except BaseException as err:  # reported, so the test fails now rather than at its queue timeout
+        out.put((rank, None, f"{type(err).__name__}: {err}"))
+        raise
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def run_on_workers(target, world: int, *args, timeout: float = 300) -> list:
+    """``target(rank, world, *args)`` in ``world`` spawned processes that form a gloo group on 127.0.0.1
+    (no group for one): the return values, rank by rank. A worker's exception fails the caller with it."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_gloo_worker, args=(rank, world, port, target, args, queue))
+             for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    results = sorted((queue.get(timeout=timeout) for _ in procs), key=lambda result: result[0])
+    for proc in procs:
+        proc.join(timeout=60)
+    failed = [f"worker {rank}: {error}" for rank, _, error in results if error]
+    assert not failed, failed
+    assert [proc.exitcode for proc in procs] == [0] * world
+    return [value for _, value, _ in results]
+
+
 #: Credentials of the loopback S3 server (any value works; pyarrow and Ray workers read them from the env).
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
           "AWS_DEFAULT_REGION": "us-east-1"}

@@ -83,43 +83,24 @@ def test_a_serving_shard_searches_on_the_gpu(cooking_vectors, tmp_path):
     assert_same_topk(gpu.search(queries, 10), cpu.search(queries, 10))
 
 
-def _sharded_worker(rank, world, port, queries, labels, out):
-    import os
-
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        own, total = np.arange(rank, len(labels), world), len(labels)
-        # chunks of 150 queries (the last one short)
-        flat = sharded_topk(queries, labels[own], own, total, 10, AnnConfig(kind="flat"), batch_rows=150)
-        # auto picks IVF for 736 labels above exact_below=500, though each shard alone is below it
-        ivf = [sharded_topk(queries, labels[own], own, total, 10,
-                            AnnConfig(exact_below=500, ivf_nprobe=probe)) for probe in (1000, 1)]
-        out.put((rank, flat, ivf))
-    finally:
-        dist.destroy_process_group()
+def _search_own_labels(rank, world, queries, labels):
+    own, total = np.arange(rank, len(labels), world), len(labels)
+    # chunks of 150 queries (the last one short)
+    flat = sharded_topk(queries, labels[own], own, total, 10, AnnConfig(kind="flat"), batch_rows=150)
+    # auto picks IVF for 736 labels above exact_below=500, though each shard alone is below it
+    ivf = [sharded_topk(queries, labels[own], own, total, 10,
+                        AnnConfig(exact_below=500, ivf_nprobe=probe)) for probe in (1000, 1)]
+    return flat, ivf
 
 
 def test_workers_that_each_index_their_labels_find_the_top_k_of_all(cooking_vectors):
     """Two gloo workers, each holding every second label's vector, get the top-10 one index of all gives."""
-    import torch.multiprocessing as mp
-
-    from conftest import free_port
+    from conftest import run_on_workers
 
     queries, labels = cooking_vectors
-    ctx = mp.get_context("spawn")
-    queue, port = ctx.Queue(), free_port()
-    procs = [ctx.Process(target=_sharded_worker, args=(r, 2, port, queries, labels, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict((rank, (flat, ivf)) for rank, flat, ivf in (queue.get(timeout=120) for _ in procs))
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_on_workers(_search_own_labels, 2, queries, labels, timeout=120)
     reference = search(build_index(labels, AnnConfig(kind="flat")), queries, 10)
-    for flat, (every_list, one_list) in results.values():  # every worker gets the merged answer
+    for flat, (every_list, one_list) in results:  # every worker gets the merged answer
         assert_same_topk(flat, reference)
         assert_same_topk(every_list, reference)  # every list probed: IVF is exact
         assert not np.array_equal(one_list[1], reference[1])  # one list probed: it was IVF, not flat

@@ -7,13 +7,10 @@ loss and the gradients (summed over workers, then averaged like DDP) must equal 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from xmc.distributed import all_gather_with_grad, gather_rows, reduce_scatter_rows
@@ -21,7 +18,7 @@ from xmc.losses.multilabel import supcon
 from xmc.models.label_table import ShardedLabelTable
 from xmc.models.prototypes import LabelPrototypes
 
-from conftest import free_port
+from conftest import run_on_workers
 
 NUM_LABELS, DIM, BATCH = 23, 8, 6
 POOL = np.array([3, 17, 4, 22, 0, 9, 11, 5], dtype=np.int64)
@@ -52,74 +49,60 @@ def _single():
     return loss.item(), sharded.rows.weight.grad.to_dense(), labels_de.grad
 
 
-def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        table, queries, labels_de, targets = _inputs()
-        sharded = ShardedLabelTable(NUM_LABELS, DIM, rank, world, initial=table.numpy())
-        mine = np.arange(rank, BATCH, world)  # each worker its own queries
-        share = len(POOL) // world  # and an equal share of the pool's label embeddings
-        local_labels = labels_de[rank * share:(rank + 1) * share].clone().requires_grad_()
-        gathered = all_gather_with_grad(local_labels, [share] * world)
-        rows = sharded(torch.from_numpy(POOL))
-        # the global loss is the mean over workers of their local means (equal local sizes)
-        loss = _loss(rows, queries[mine], gathered, targets[mine])
-        loss.backward()
-        sharded.average_gradients()
-        for p in (local_labels,):  # what DDP does for dense parameters
-            p.grad /= world
-        grad = torch.zeros(NUM_LABELS, DIM)
-        grad[torch.from_numpy(sharded.owned)] = sharded.rows.weight.grad.to_dense()
-        dist.all_reduce(grad)  # assemble the shards' gradients (test only)
-        total = torch.tensor([loss.item()])
-        dist.all_reduce(total)
-        label_grad = gather_rows(local_labels.grad.numpy())
-        full = sharded.full_normalized()
-        # a worker with nothing to contribute (and so no width) still gets everyone's rows
-        mine = np.full((2, 3), rank + 1.0, np.float32) if rank == 0 else np.zeros((0, 0), np.float32)
-        uneven = gather_rows(mine)
-        # each worker asks for different rows, in rounds of 3 ids; worker 1 asks for none
-        asked = np.array([22, 1, 4, 4, 13, 0, 7, 19], dtype=np.int64) if rank == 0 else np.zeros(0, np.int64)
-        fetched = sharded.rows_of(asked, chunk=3)
-        # a worker's own labels' prototype inputs, fetched from the free vectors' owners, are what the
-        # every-worker-the-same-ids lookup gives for those labels
-        prototypes = LabelPrototypes(NUM_LABELS, DIM, 8, rank, world)
-        prototypes.free_of = np.arange(NUM_LABELS) * 5 % 8
-        with torch.no_grad():
-            prototypes.free.rows.weight.copy_(table[:8][torch.from_numpy(prototypes.free.owned)])
-        prototypes.centroids.rows = -table[torch.from_numpy(prototypes.centroids.owned)]
-        own_free, own_centroids = prototypes.own_inputs()
-        all_free, all_centroids = prototypes.inputs(np.arange(NUM_LABELS))
-        owned = torch.from_numpy(prototypes.centroids.owned)
-        assert torch.equal(own_free, all_free[owned].detach())
-        assert torch.equal(own_centroids, all_centroids[owned])
-        assert torch.equal(own_free, table[:8][torch.from_numpy(prototypes.free_of)][owned])
-        # each worker receives the sum of its own block of rows only
-        summed = reduce_scatter_rows(torch.arange(10.0).reshape(5, 2) * (rank + 1), [3, 2])
-        assert torch.equal(summed, 3 * torch.arange(10.0).reshape(5, 2)[[0, 1, 2] if rank == 0 else [3, 4]])
-        if rank == 0:
-            out.put((total.item() / world, grad.numpy(), label_grad, rows.detach().numpy(), full.numpy(),
-                     uneven, asked, fetched.numpy()))
-        else:
-            assert fetched.shape == (0, DIM)
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, world):
+    table, queries, labels_de, targets = _inputs()
+    sharded = ShardedLabelTable(NUM_LABELS, DIM, rank, world, initial=table.numpy())
+    mine = np.arange(rank, BATCH, world)  # each worker its own queries
+    share = len(POOL) // world  # and an equal share of the pool's label embeddings
+    local_labels = labels_de[rank * share:(rank + 1) * share].clone().requires_grad_()
+    gathered = all_gather_with_grad(local_labels, [share] * world)
+    rows = sharded(torch.from_numpy(POOL))
+    # the global loss is the mean over workers of their local means (equal local sizes)
+    loss = _loss(rows, queries[mine], gathered, targets[mine])
+    loss.backward()
+    sharded.average_gradients()
+    for p in (local_labels,):  # what DDP does for dense parameters
+        p.grad /= world
+    grad = torch.zeros(NUM_LABELS, DIM)
+    grad[torch.from_numpy(sharded.owned)] = sharded.rows.weight.grad.to_dense()
+    dist.all_reduce(grad)  # assemble the shards' gradients (test only)
+    total = torch.tensor([loss.item()])
+    dist.all_reduce(total)
+    label_grad = gather_rows(local_labels.grad.numpy())
+    full = sharded.full_normalized()
+    # a worker with nothing to contribute (and so no width) still gets everyone's rows
+    mine = np.full((2, 3), rank + 1.0, np.float32) if rank == 0 else np.zeros((0, 0), np.float32)
+    uneven = gather_rows(mine)
+    # each worker asks for different rows, in rounds of 3 ids; worker 1 asks for none
+    asked = np.array([22, 1, 4, 4, 13, 0, 7, 19], dtype=np.int64) if rank == 0 else np.zeros(0, np.int64)
+    fetched = sharded.rows_of(asked, chunk=3)
+    # a worker's own labels' prototype inputs, fetched from the free vectors' owners, are what the
+    # every-worker-the-same-ids lookup gives for those labels
+    prototypes = LabelPrototypes(NUM_LABELS, DIM, 8, rank, world)
+    prototypes.free_of = np.arange(NUM_LABELS) * 5 % 8
+    with torch.no_grad():
+        prototypes.free.rows.weight.copy_(table[:8][torch.from_numpy(prototypes.free.owned)])
+    prototypes.centroids.rows = -table[torch.from_numpy(prototypes.centroids.owned)]
+    own_free, own_centroids = prototypes.own_inputs()
+    all_free, all_centroids = prototypes.inputs(np.arange(NUM_LABELS))
+    owned = torch.from_numpy(prototypes.centroids.owned)
+    assert torch.equal(own_free, all_free[owned].detach())
+    assert torch.equal(own_centroids, all_centroids[owned])
+    assert torch.equal(own_free, table[:8][torch.from_numpy(prototypes.free_of)][owned])
+    # each worker receives the sum of its own block of rows only
+    summed = reduce_scatter_rows(torch.arange(10.0).reshape(5, 2) * (rank + 1), [3, 2])
+    assert torch.equal(summed, 3 * torch.arange(10.0).reshape(5, 2)[[0, 1, 2] if rank == 0 else [3, 4]])
+    if rank == 0:
+        return (total.item() / world, grad.numpy(), label_grad, rows.detach().numpy(), full.numpy(),
+                uneven, asked, fetched.numpy())
+    assert fetched.shape == (0, DIM)
+    return None
 
 
 def test_two_workers_match_one():
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    loss2, *arrays, uneven, asked, fetched = queue.get(timeout=120)
+    loss2, *arrays, uneven, asked, fetched = run_on_workers(_worker, 2, timeout=120)[0]
     grad2, label_grad2, rows2, full2 = map(torch.from_numpy, arrays)
     assert uneven.shape == (2, 3) and (uneven == 1.0).all()
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
     loss1, grad1, label_grad1 = _single()
     table = _inputs()[0]
     assert torch.equal(rows2, table[torch.from_numpy(POOL)])  # every worker sees all pool rows

@@ -10,13 +10,11 @@ process runs the same with one worker.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
-import torch.multiprocessing as mp
 
-from conftest import REPO, free_port
+from conftest import REPO, run_on_workers
 
 RECIPES = {
     # a classifier, labels without training data scored by their text, an offset for them
@@ -26,9 +24,7 @@ RECIPES = {
 }
 
 
-def _worker(rank: int, world: int, port: int, recipe: str, overrides: list[str], run_dir: str, out) -> None:
-    import torch.distributed as dist
-
+def _mine_and_evaluate(rank: int, world: int, recipe: str, overrides: list[str], run_dir: str) -> tuple:
     from xmc.config import load_config
     from xmc.experiment import ExperimentConfig
     from xmc.mining import ann
@@ -37,57 +33,31 @@ def _worker(rank: int, world: int, port: int, recipe: str, overrides: list[str],
     from xmc.training.session import Session
     from xmc.training.trainer import Trainer
 
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        config = load_config(ExperimentConfig, [REPO / "configs/datasets/cooking-stackexchange.yaml",
-                                                REPO / f"configs/methods/{recipe}.yaml"], overrides)
-        trainer = Trainer(config, run_dir, Session(run_dir))
-        trainer.initialise()  # (PRIME's one-time start clusters all label texts on rank 0, by design)
+    config = load_config(ExperimentConfig, [REPO / "configs/datasets/cooking-stackexchange.yaml",
+                                            REPO / f"configs/methods/{recipe}.yaml"], overrides)
+    trainer = Trainer(config, run_dir, Session(run_dir))
+    trainer.initialise()  # (PRIME's one-time start clusters all label texts on rank 0, by design)
 
-        indexed = []
-        build_index = ann.build_index
+    indexed = []
+    build_index = ann.build_index
 
-        def recording_build_index(vectors, *args, **kwargs):
-            indexed.append(len(vectors))
-            return build_index(vectors, *args, **kwargs)
+    def recording_build_index(vectors, *args, **kwargs):
+        indexed.append(len(vectors))
+        return build_index(vectors, *args, **kwargs)
 
-        def everything(*args, **kwargs):
-            raise AssertionError("every label's vectors were asked for on one worker")
+    def everything(*args, **kwargs):
+        raise AssertionError("every label's vectors were asked for on one worker")
 
-        ann.build_index = recording_build_index
-        label_text_vectors = ScoringModel.label_text_vectors
-        ScoringModel.label_text_vectors = lambda self, rows=None: (
-            everything() if rows is None else label_text_vectors(self, rows))
-        ShardedLabelTable.full_normalized = everything
-        ScoringModel.head_vectors = everything
+    ann.build_index = recording_build_index
+    label_text_vectors = ScoringModel.label_text_vectors
+    ScoringModel.label_text_vectors = lambda self, rows=None: (
+        everything() if rows is None else label_text_vectors(self, rows))
+    ShardedLabelTable.full_normalized = everything
+    ScoringModel.head_vectors = everything
 
-        trainer.planner.refresh(1)
-        metrics = trainer.evaluate(final=False)
-        out.put((rank, trainer.planner.shortlists, metrics, indexed, trainer.scoring.num_labels))
-    except BaseException as err:  # reported, so that the test fails now rather than at its queue timeout
-        out.put((rank, f"{type(err).__name__}: {err}", None, None, None))
-        raise
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
-
-
-def _run(world: int, recipe: str, overrides: list[str], run_dir) -> list[tuple]:
-    ctx = mp.get_context("spawn")
-    queue, port = ctx.Queue(), free_port()
-    procs = [ctx.Process(target=_worker, args=(rank, world, port, recipe, overrides, str(run_dir), queue))
-             for rank in range(world)]
-    for proc in procs:
-        proc.start()
-    results = sorted((queue.get(timeout=300) for _ in procs), key=lambda result: result[0])
-    for proc in procs:
-        proc.join(timeout=60)
-    failed = [f"worker {rank}: {error}" for rank, error, *_ in results if isinstance(error, str)]
-    assert not failed, failed
-    assert [proc.exitcode for proc in procs] == [0] * world
-    return results
+    trainer.planner.refresh(1)
+    metrics = trainer.evaluate(final=False)
+    return trainer.planner.shortlists, metrics, indexed, trainer.scoring.num_labels
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -96,11 +66,12 @@ def test_two_workers_mine_and_evaluate_on_their_own_labels_like_one(recipe, smal
     overrides = [f"dataset.prepared={small_cooking}", "dataset.max_len=16", f"encoder.model={tiny_encoder}",
                  "train.threads_per_worker=1", "train.batch_size=64", "eval.top_k=20",
                  f"run.storage={tmp_path}", *RECIPES[recipe]]
-    (_, one_shortlists, one_metrics, one_indexed, num_labels), = _run(1, recipe, overrides, tmp_path / "one")
-    two = _run(2, recipe, overrides, tmp_path / "two")
+    (one_shortlists, one_metrics, one_indexed, num_labels), = run_on_workers(
+        _mine_and_evaluate, 1, recipe, overrides, str(tmp_path / "one"))
+    two = run_on_workers(_mine_and_evaluate, 2, recipe, overrides, str(tmp_path / "two"))
 
     assert one_indexed and set(one_indexed) == {num_labels}  # one worker: one index of every label
-    for rank, shortlists, metrics, indexed, _ in two:
+    for rank, (shortlists, metrics, indexed, _) in enumerate(two):
         # a worker indexes its own labels only (mining once, evaluation once per predictor)
         assert indexed and set(indexed) == {len(range(rank, num_labels, 2))} and max(indexed) <= \
             math.ceil(num_labels / 2)

@@ -162,6 +162,17 @@ def upload_dir(local: str | os.PathLike, location: str | os.PathLike,
         upload_file(path, join(location, path.relative_to(local).as_posix()))
 
 
+def download_file(location: str | os.PathLike, local: str | os.PathLike) -> Path:
+    """Copy the file at ``location`` to the local path ``local``, under a temporary name renamed into place
+    (a reader never sees half a file)."""
+    local = Path(local)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{local.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(read_bytes(location))
+    os.replace(tmp, local)
+    return local
+
+
 def download_dir(location: str | os.PathLike, local: str | os.PathLike) -> Path:
     """Copy the directory at ``location`` into the local directory ``local``."""
     import pyarrow.fs as pafs

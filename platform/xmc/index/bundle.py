@@ -88,13 +88,8 @@ class Bundle:
             return
         with storage.file_lock(self.directory.parent / f".{self.version}.lock"):
             for rel in missing:
-                target = self.directory / rel
-                if target.is_file():  # fetched by another worker while this one waited
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-                tmp.write_bytes(storage.read_bytes(storage.join(self.location, rel)))
-                os.replace(tmp, target)
+                if not (self.directory / rel).is_file():  # else fetched by another worker meanwhile
+                    storage.download_file(storage.join(self.location, rel), self.directory / rel)
 
     def verify(self, prefix: str = "") -> None:
         """Check that every manifest file under ``prefix`` exists and has its recorded sha256."""

@@ -10,8 +10,10 @@ search can return them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,27 +81,15 @@ class LabelEdits:
         return {"added": len(self.added_uids), "removed": int(len(self.removed))}
 
 
-class _local_copy:
-    """A local path for ``location``: itself when local, else a temporary download (named like the original,
-    so a ``.gz`` is read as one)."""
-
-    def __init__(self, location: str | os.PathLike):
-        self.location = storage.resolve(location)
-        self.tmp: tempfile.TemporaryDirectory | None = None
-
-    def __enter__(self) -> Path:
-        if storage.is_local(self.location):
-            path = storage.local_path(self.location)
-            if not path.is_file():
-                raise DataError(path, None, "file not found")
-            return path
-        if not storage.is_file(self.location):
-            raise DataError(self.location, None, "file not found")
-        self.tmp = tempfile.TemporaryDirectory(prefix="xmc-labels-")
-        path = Path(self.tmp.name) / storage.name(self.location)
-        path.write_bytes(storage.read_bytes(self.location))
-        return path
-
-    def __exit__(self, *exc) -> None:
-        if self.tmp is not None:
-            self.tmp.cleanup()
+@contextlib.contextmanager
+def _local_copy(location: str | os.PathLike) -> Iterator[Path]:
+    """A local path for ``location``: itself when local, else a temporary download named like the original
+    (so a ``.gz`` is read as one)."""
+    location = storage.resolve(location)
+    if storage.is_local(location):
+        yield storage.local_path(location)  # a missing file is reported by the reader, with its name
+        return
+    if not storage.is_file(location):
+        raise DataError(location, None, "file not found")
+    with tempfile.TemporaryDirectory(prefix="xmc-labels-") as tmp:
+        yield storage.download_file(location, Path(tmp) / storage.name(location))

@@ -321,12 +321,17 @@ class ScoringModel:
             return None
         table = self.classifier.full_normalized().float().cpu().numpy()
         ids = self._ids(rows)
-        out = table if rows is None else table[ids]
+        return self._cold_rows_by_text(table if rows is None else table[ids], ids, self.encode)
+
+    def _cold_rows_by_text(self, rows: np.ndarray, ids: np.ndarray, encode: Callable) -> np.ndarray:
+        """``rows`` (classifier vectors of labels ``ids``) with those of labels without training positives
+        replaced by their text through the classifier head, under ``clf_untrained: label_text``; ``encode``
+        is :meth:`encode` (a collective) or :meth:`_encode_own`."""
         if self.heads.clf_untrained == "label_text":
             cold = self._cold_positions(ids)
             if len(cold):
-                out[cold] = self.encode(self.model.embed_clf, self._labels(), ids[cold])
-        return out
+                rows[cold] = encode(self.model.embed_clf, self._labels(), ids[cold])
+        return rows
 
     def _cold_positions(self, ids: np.ndarray) -> np.ndarray:
         """Positions in ``ids`` of the labels without training positives."""
@@ -369,12 +374,8 @@ class ScoringModel:
         if self.classifier is None:
             return None
         with torch.no_grad():
-            out = torch.nn.functional.normalize(self.classifier.rows.weight.float(), dim=-1).cpu().numpy()
-        if self.heads.clf_untrained == "label_text":
-            cold = self._cold_positions(self.own_labels)
-            if len(cold):
-                out[cold] = self._encode_own(self.model.embed_clf, self._labels(), self.own_labels[cold])
-        return out
+            rows = torch.nn.functional.normalize(self.classifier.rows.weight.float(), dim=-1).cpu().numpy()
+        return self._cold_rows_by_text(rows, self.own_labels, self._encode_own)
 
     def own_head_vectors(self) -> HeadVectors:
         """:meth:`head_vectors` of :attr:`own_labels` (a collective with prototypes)."""
