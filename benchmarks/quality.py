@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from xmc.cluster import init_ray
 from xmc.config import load_config
 from xmc.data.dataset import PreparedDataset
 from xmc.evaluation.calibration import calibrate_run
@@ -51,7 +52,7 @@ from xmc.experiment import ExperimentConfig
 from xmc.io import write_json
 from xmc.scoring import fusion
 from xmc.scoring.run import TrainedRun
-from xmc.training.driver import ensure_prepared, init_ray, resolve_run, run_training
+from xmc.training.driver import ensure_prepared, resolve_run, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / ".bench"

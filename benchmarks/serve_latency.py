@@ -54,30 +54,42 @@ def benchmark_queries(bundle, limit: int) -> list[str]:
 
 
 def in_process(bundle, queries: list[str], k: int) -> dict:
-    """The served computation, one query at a time, without Serve."""
+    """The served computation, one query at a time, without Serve: the bundle's query tower, every shard's
+    search and the merge (a :class:`~xmc.index.predictor.Predictor`); and the encoding and the search
+    alone."""
     import torch
 
-    from xmc.index.shards import merge_topk
+    from xmc.index.predictor import Predictor
 
     torch.set_num_threads(1)  # as a Serve replica with num_cpus=1 runs it
-    encoder = bundle.load_query_encoder()
-    shards = [bundle.load_shard(number) for number in range(bundle.num_shards)]
-
-    def answer(text: str):
-        vector = encoder.encode([text])
-        return merge_topk([shard.search(vector, k) for shard in shards], k)
-
+    predictor = Predictor.from_bundle(bundle.directory)
     for text in queries[:20]:
-        answer(text)
-    times = []
+        predictor.topk([text], k)
+    times, encode, search = [], [], []
     started = time.perf_counter()
     for text in queries:
         t0 = time.perf_counter()
-        answer(text)
-        times.append(time.perf_counter() - t0)
+        vector = predictor.encode([text])
+        t1 = time.perf_counter()
+        predictor.search(vector, k)
+        t2 = time.perf_counter()
+        times.append(t2 - t0)
+        encode.append(t1 - t0)
+        search.append(t2 - t1)
     wall = time.perf_counter() - started
     torch.set_num_threads(os.cpu_count() or 1)
-    return {"requests": len(queries), **percentiles(times), "requests_per_s": round(len(queries) / wall, 1)}
+    return {"requests": len(queries), **percentiles(times), "requests_per_s": round(len(queries) / wall, 1),
+            "encode_p50_ms": percentiles(encode)["p50_ms"], "search_p50_ms": percentiles(search)["p50_ms"]}
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """The milliseconds of a ``Server-Timing`` header, by name."""
+    out = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";dur=")
+        if rest:
+            out[name] = float(rest)
+    return out
 
 
 async def http_load(url: str, queries: list[str], total: int, concurrency: int, k: int) -> dict:
@@ -85,6 +97,7 @@ async def http_load(url: str, queries: list[str], total: int, concurrency: int, 
     import aiohttp
 
     latencies: list[float] = []
+    stages: list[dict[str, float]] = []
     errors: list[str] = []
     next_request = 0
 
@@ -104,6 +117,7 @@ async def http_load(url: str, queries: list[str], total: int, concurrency: int, 
                 errors.append(repr(err))
                 continue
             latencies.append(time.perf_counter() - t0)
+            stages.append(server_timing(reply.headers.get("Server-Timing", "")))
 
     timeout = aiohttp.ClientTimeout(total=120)
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -111,9 +125,17 @@ async def http_load(url: str, queries: list[str], total: int, concurrency: int, 
         started = time.perf_counter()
         await asyncio.gather(*[client(session) for _ in range(concurrency)])
         wall = time.perf_counter() - started
+    # where a request's time went: the ingress's own stages (its Server-Timing header) and, beyond them,
+    # HTTP, the proxy and the hop to the ingress
+    breakdown = {}
+    if stages and all("ingress" in stage for stage in stages):
+        ms = {name: np.array([stage[name] for stage in stages]) for name in stages[0]}
+        beyond = np.asarray(latencies) * 1000 - ms["ingress"]
+        breakdown = {f"{name}_p50_ms": round(float(np.median(values)), 2) for name, values in ms.items()}
+        breakdown["outside_ingress_p50_ms"] = round(float(np.median(beyond)), 2)
     return {"concurrency": concurrency, "requests": total, "errors": len(errors),
             "error_examples": errors[:3], **(percentiles(latencies) if latencies else {}),
-            "requests_per_s": round(len(latencies) / wall, 1)}
+            "requests_per_s": round(len(latencies) / wall, 1), **breakdown}
 
 
 def served(bundle_dir: Path, queries: list[str], total: int, levels: list[int], k: int) -> list[dict]:
@@ -121,12 +143,13 @@ def served(bundle_dir: Path, queries: list[str], total: int, levels: list[int], 
     from ray import serve
 
     sys.path.insert(0, str(REPO))
-    from serve.app import app
+    from serve.app import app, http_port
 
     os.environ.setdefault("RAY_SERVE_PROXY_USE_GRPC", "1")  # as scripts/env.sh runs Serve (read at Ray start)
     passed_on = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "no_proxy", "http_proxy", "https_proxy",
                  "RAY_USAGE_STATS_ENABLED")
-    env = {key: os.environ[key] for key in passed_on if key in os.environ}
+    env = {key: value for key, value in os.environ.items()
+           if key in passed_on or key.startswith("RAY_SERVE_")}  # Serve's own settings, as the shell has them
     ray.init(include_dashboard=False, runtime_env={"env_vars": env}, log_to_driver=False,
              _node_ip_address="127.0.0.1")
     with socket.socket() as sock:
@@ -135,7 +158,7 @@ def served(bundle_dir: Path, queries: list[str], total: int, levels: list[int], 
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(app({"bundle": str(bundle_dir)}), name="xmc", route_prefix="/")
-        url = f"http://127.0.0.1:{port}/v1/predict"
+        url = f"http://127.0.0.1:{http_port(port)}/v1/predict"
         asyncio.run(http_load(url, queries, 64, 4, k))  # warm-up: batching paths, connections, allocators
         return [asyncio.run(http_load(url, queries, total, level, k)) for level in levels]
     finally:
@@ -165,8 +188,7 @@ def index_choices(bundle, queries: list[str], k: int, nprobes: list[int], ef_sea
     from xmc.mining.ann import build_index
     from xmc.mining.config import AnnConfig
 
-    encoder = bundle.load_query_encoder()
-    vectors = encoder.encode(queries)
+    vectors = bundle.load_query_model().query_vectors(queries)
     exact = [bundle.load_shard(number) for number in range(bundle.num_shards)]
     _, truth = merge_topk([shard.search(vectors, k) for shard in exact], k)
     label_vectors = [shard.index.reconstruct_n(0, shard.index.ntotal) for shard in exact]
@@ -279,7 +301,8 @@ def main() -> None:
             report["in_process"] = in_process(bundle, queries[:500], args.k)
             report["served"] = served(bundle.directory, queries, args.requests, args.concurrency, args.k)
             grpc_proxy = os.environ.get("RAY_SERVE_PROXY_USE_GRPC") == "1"
-            report["proxy_to_ingress"] = "grpc" if grpc_proxy else "actor call"
+            report["http"] = ("direct ingress" if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1"
+                              else "proxy, to the ingress over " + ("grpc" if grpc_proxy else "actor calls"))
             for level in report["served"]:
                 if "p50_ms" in level:
                     level["p50_ratio"] = round(level["p50_ms"] / report["in_process"]["p50_ms"], 2)

@@ -32,7 +32,9 @@ def main() -> int:
                         help="Ray cluster (default: $RAY_ADDRESS, which ray job submit sets)")
     parser.add_argument("--name", default="xmc", help="Serve application name")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP host of Serve's proxies")
-    parser.add_argument("--port", type=int, default=8000, help="HTTP port of Serve's proxies")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="HTTP port of Serve's proxies (a cluster started with Serve's direct ingress "
+                             "answers on its ingress port range instead)")
     parser.add_argument("--proxy-location", default="EveryNode", choices=["EveryNode", "HeadOnly"],
                         help="an HTTP proxy on every node (behind a load balancer) or on the head only")
     parser.add_argument("--shard-replicas", type=int, default=1)
@@ -43,18 +45,18 @@ def main() -> int:
 
     from ray import serve
 
-    from xmc.training.driver import init_ray
+    from xmc.cluster import init_ray
 
     repo = Path(__file__).resolve().parents[1]
     init_ray(args.address, extra_modules=(repo / "serve",))
-    from serve.app import app
+    from serve.app import app, http_port
 
     settings = {"bundle": args.bundle, "shard_replicas": args.shard_replicas}
     if args.shards is not None:
         settings["shards"] = args.shards
     serve.start(proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port})
     serve.run(app(settings), name=args.name, route_prefix="/", blocking=False)
-    print(json.dumps({"app": args.name, "url": f"http://{args.host}:{args.port}/v1/predict",
+    print(json.dumps({"app": args.name, "url": f"http://{args.host}:{http_port(args.port)}/v1/predict",
                       "bundle": args.bundle}))
     return 0
 

@@ -16,6 +16,10 @@ index below ``ann.exact_below`` (50,000) labels and HNSW above it (``--set ann.k
 one). The bundle is written to a temporary directory and renamed; its manifest records the sha256 of every
 file, which loading verifies.
 
+The index shards split the labels by id (shard s of S holds the labels with id % S == s, the training
+workers' own split when S equals their number); ``--set workers=N`` builds them in N Ray tasks instead of
+one after the other here (each holds one shard's label vectors at a time).
+
 Labels change without retraining: --add-labels takes new labels in the dataset's label file layout (one JSON
 object per line: uid, title, optional content); they are scored by their text through the trained towers.
 --remove-labels takes uids, one per line; no search returns them. Serve swaps to the new bundle in place.
@@ -56,12 +60,15 @@ def main() -> int:
     from xmc.index.bundle import Bundle
     from xmc.index.export import check_bundle, export_run
 
-    out = export_run(args.run, args.out, config)
+    built: list[dict] = []
+    out = export_run(args.run, args.out, config, built)
     check_bundle(out)
     manifest = Bundle(out).manifest
     print(f"wrote {out}")
     print(json.dumps({"version": manifest["version"], **manifest["counts"], **manifest["label_edits"],
-                      "indexes": [s["index"] for s in manifest["shards"]]}, indent=1))
+                      "indexes": [s["index"] for s in manifest["shards"]],
+                      "shards_built": [{key: round(value, 1) if isinstance(value, float) else value
+                                        for key, value in shard.items()} for shard in built]}, indent=1))
     return 0
 
 

@@ -52,12 +52,15 @@ def main() -> int:
                   "(dataset.allow_empty_text)")
     if not args.no_tokens:
         from xmc.data.dataset import PreparedDataset
+        from xmc.data.lengths import choose_lengths, token_cache
         from xmc.models.encoder import resolve_model_dir  # imports torch: only when tokenising
 
         dataset = PreparedDataset(out)
-        cache = dataset.token_cache(resolve_model_dir(config.encoder.model), config.dataset.max_len,
-                                    config.dataset.query_text, config.dataset.label_text,
-                                    progress=not args.quiet)
+        model_dir = resolve_model_dir(config.encoder.model)
+        data, reasons = choose_lengths(config.dataset, dataset, model_dir)
+        for key, reason in reasons.items():
+            print(f"{key} = {reason}")
+        cache = token_cache(dataset, data, model_dir, progress=not args.quiet)
         print(f"token cache: {cache.directory}")
     return 0
 

@@ -8,21 +8,30 @@ API::
 
     POST /v1/predict  {"text": str} | {"texts": [str, ...]}, optional "k" (1..100, default 10)
                       -> {"results": [[{"id", "uid", "label", "score"}, ...], ...], "version": str}
+                      with a ``Server-Timing`` header: encode, shards and ingress milliseconds
     GET  /healthz     -> {"status": "ok", "version": str}
     GET  /v1/info     -> bundle version, counts, shards, source run
 
 A request whose label index shard replica was lost mid-request (a node lost, a process killed) gets a 503
 ``{"error": ...}`` with ``Retry-After``; Serve replaces the replica and a retry is answered.
 
-Hot swap: the bundle path travels in each deployment's ``user_config``, so deploying the same app with another
-``bundle=`` only reconfigures the running replicas (Serve's lightweight update) instead of replacing them.
-Each request is pinned to the bundle version that encoded it: shards keep the previous version loaded while
-newer requests arrive, and load a version they do not hold yet on demand, so a request never mixes an encoder
-of one version with label vectors of another, and none is dropped during the swap.
+HTTP: Serve's proxy listens on the ``http_options`` port and forwards to the ingress over gRPC. With Serve's
+direct ingress (``XMC_SERVE_DIRECT_INGRESS=1`` for ``scripts/env.sh``) the ingress replica answers HTTP
+itself, without that hop (docs/performance.md); :func:`http_port` says where.
+
+Hot swap: the bundle path travels in each deployment's ``user_config``. Deploying the app with another
+``bundle=`` (``serve run``, ``jobs/deploy.py``) is a new build for Serve, which starts new replicas and keeps
+the old ones answering until they are ready; ``serve deploy`` of a config that changes only the deployments'
+``user_config`` reconfigures the running replicas in place (Serve's lightweight update). Either way each
+request is pinned to the bundle version that encoded it: shards keep the previous version loaded while newer
+requests arrive, and load a version they do not hold yet on demand, so a request never mixes an encoder of
+one version with label vectors of another, and none is dropped during the swap.
 """
 
 import asyncio
 import collections
+import os
+import time
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -49,6 +58,9 @@ MAX_BODY_BYTES = 1 << 20
 BATCH_SIZE = 16         # requests encoded together by the ingress
 BATCH_WAIT_S = 0.0      # no wait for company: requests held back during a forward pass come together
 VERSIONS_KEPT = 2       # bundle versions a shard replica keeps loaded (the current one and the one before)
+# no access-log line per request and per shard call (each is a write to the replica's log file on the request
+# path); warnings and errors are still logged
+QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -181,6 +193,14 @@ async def search_shards(shards: list, vectors: np.ndarray, k: int, version: str,
                                "request") from err
 
 
+def server_timing(seconds: dict[str, float]) -> str:
+    """A ``Server-Timing`` header (W3C) of where a request's time went inside the ingress, in milliseconds:
+    ``encode`` (its batch's forward pass), ``shards`` (the parallel shard calls and the merge) and
+    ``ingress`` (all of it, waits for the batch included); what a client measures beyond ``ingress`` is
+    HTTP, the proxy and the hop to the ingress."""
+    return ", ".join(f"{name};dur={value * 1000:.2f}" for name, value in seconds.items())
+
+
 def unavailable(err: ShardUnavailable) -> JSONResponse:
     return _error(503, str(err), {"Retry-After": "1"})
 
@@ -200,12 +220,14 @@ def _bundle_info(predictor: Predictor) -> dict:
 
 # A shard gets at most two calls at a time from each ingress replica (one per batch in flight); Serve's
 # default limit of 5 would make the routers of several ingress replicas back off.
-@serve.deployment(max_ongoing_requests=32)
+@serve.deployment(max_ongoing_requests=32, logging_config=QUIET)
 class IndexShard:
-    """One shard of the label index (faiss), searched with batched query vectors."""
+    """One shard of the label index (faiss), or a few of them (``shards_per_replica``), searched with batched
+    query vectors; a replica merges its shards' top-k before it answers."""
 
-    def __init__(self, shard: int, device: str = "cpu"):
-        self.shard, self.device = shard, device
+    def __init__(self, shards: int | list[int], device: str = "cpu"):
+        self.shards = [shards] if isinstance(shards, int) else list(shards)
+        self.device = device
         self.loaded: collections.OrderedDict[str, Predictor] = collections.OrderedDict()
         self.lock = asyncio.Lock()
 
@@ -213,13 +235,13 @@ class IndexShard:
         await self._predictor(Bundle(config["bundle"]).version, config["bundle"])
 
     async def _predictor(self, version: str, path: str) -> Predictor:
-        """This shard of bundle ``version``, loaded from ``path`` when this replica does not hold it yet."""
+        """This replica's shards of bundle ``version``, loaded from ``path`` unless it holds them."""
         if version in self.loaded:
             self.loaded.move_to_end(version)
             return self.loaded[version]
         async with self.lock:
             if version not in self.loaded:
-                predictor = await asyncio.to_thread(Predictor.from_bundle, path, shards=[self.shard],
+                predictor = await asyncio.to_thread(Predictor.from_bundle, path, shards=self.shards,
                                                     encoder=False, labels=False, device=self.device)
                 if predictor.version != version:
                     raise RuntimeError(f"{path} now holds bundle version {predictor.version}, not {version}")
@@ -230,7 +252,7 @@ class IndexShard:
 
     async def search(self, vectors: np.ndarray, k: int, version: str,
                      path: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, global label ids)`` of the top-``k`` labels of this shard for each row of ``vectors``.
+        """``(scores, global label ids)`` of the top-``k`` labels of these shards for each row of ``vectors``.
 
         Not batched here: the ingress already sends one call per batch of requests. The search runs on the
         replica's event loop: a batch's search is short, and a hop to a worker thread would cost about as much
@@ -242,16 +264,17 @@ class IndexShard:
 
 # Serve's default of 5 requests in flight per replica starves batching: under concurrent load the proxy keeps
 # retrying the full replica with backoff. Batches need many requests admitted.
-@serve.deployment(max_ongoing_requests=64)
+@serve.deployment(max_ongoing_requests=64, logging_config=QUIET)
 @serve.ingress(api)
 class Ingress:
     """Validates requests, encodes queries (batched across requests), fans out to the shards, merges."""
 
-    def __init__(self, shards: list[DeploymentHandle]):
+    def __init__(self, shards: list[DeploymentHandle], num_shards: int | None = None):
         # Shard calls go over Serve's gRPC transport between replicas instead of Ray actor calls (the replica
         # always runs that server): the calls cost less than through the actor path, which dominated a
         # query's search time (docs/performance.md). Arguments and results are pickled either way.
         self.shards = [shard.options(_by_reference=False) for shard in shards]
+        self.num_shards = num_shards or len(shards)  # index shards, held by len(shards) deployments
         self.current: Predictor | None = None
         self.encoder_idle = asyncio.Event()
         self.encoder_idle.set()
@@ -259,15 +282,16 @@ class Ingress:
     async def reconfigure(self, config: dict) -> None:
         loaded = await asyncio.to_thread(_load_ingress_predictor, config["bundle"])
         shards = loaded.bundle.num_shards
-        if shards != len(self.shards):
+        if shards != self.num_shards:
             raise ValueError(f"bundle {config['bundle']} has {shards} shards but this app was deployed with "
-                             f"{len(self.shards)}; redeploy with shards={shards}")
+                             f"{self.num_shards}; redeploy with shards={shards}")
         self.current = loaded  # requests already encoded keep the version they started with
 
     @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S, max_concurrent_batches=2)
     async def _answer(self, requests: list[tuple[list[str], int]]
-                      ) -> list[tuple[np.ndarray, np.ndarray, Predictor]]:
-        """Top-k ``(scores, ids)`` of each request's texts, for several concurrent requests at once.
+                      ) -> list[tuple[np.ndarray, np.ndarray, Predictor, dict[str, float]]]:
+        """Top-k ``(scores, ids)`` of each request's texts, for several concurrent requests at once, with the
+        bundle that answered and the batch's seconds per stage.
 
         One forward pass encodes every text of the batch, and each shard is called once with all the vectors:
         per-request handle calls would cost more CPU than the searches. A batch uses one bundle version. While
@@ -275,18 +299,21 @@ class Ingress:
         """
         loaded = self.current
         self.encoder_idle.clear()
+        started = time.perf_counter()
         try:
             flat = [text for texts, _ in requests for text in texts]
             vectors = await asyncio.to_thread(loaded.encode, flat)
         finally:
             self.encoder_idle.set()
+        encoded = time.perf_counter()
         k = max(k for _, k in requests)  # a shard's top-k_i is a prefix of its top-k: one search serves all
         parts = await search_shards(self.shards, vectors, k, loaded.version, loaded.bundle.location)
         scores, ids = merge_topk(parts, k)
+        timing = {"encode": encoded - started, "shards": time.perf_counter() - encoded}
         out, start = [], 0
         for texts, k_request in requests:
             stop = start + len(texts)
-            out.append((scores[start:stop, :k_request], ids[start:stop, :k_request], loaded))
+            out.append((scores[start:stop, :k_request], ids[start:stop, :k_request], loaded, timing))
             start = stop
         return out
 
@@ -296,14 +323,17 @@ class Ingress:
         # waits for a free slot: under steady load requests trickle in, and every batch would hold one or two.
         # Requests that arrive during a forward pass wait here instead and enter the queue together when the
         # encoder is free, so batches grow with the load. A lone request passes straight through.
+        arrived = time.perf_counter()
         await self.encoder_idle.wait()
         try:
-            scores, ids, loaded = await self._answer((body.all_texts(), body.k))
+            scores, ids, loaded, timing = await self._answer((body.all_texts(), body.k))
         except ShardUnavailable as err:
             return unavailable(err)
         results = [[{"id": hit.id, "uid": hit.uid, "label": hit.label, "score": hit.score} for hit in row]
                    for row in loaded.describe(ids, scores)]
-        return JSONResponse({"results": results, "version": loaded.version})
+        timing = {**timing, "ingress": time.perf_counter() - arrived}  # the batch's, and this request's
+        return JSONResponse({"results": results, "version": loaded.version},
+                            headers={"Server-Timing": server_timing(timing)})
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -322,18 +352,32 @@ class AppArgs(BaseModel):
     """Arguments of :func:`app` (``key=value`` after ``serve run``, or ``args:`` in serve/config.yaml).
 
     ``bundle`` is a path or a storage URI; ``shard_gpus`` > 0 puts each shard replica on (a share of) a GPU,
-    where its flat or IVF index is searched with faiss's GPU build.
+    where its flat or IVF index is searched with faiss's GPU build. ``shards_per_replica`` > 1 makes each
+    shard deployment hold that many index shards (``IndexShard0`` the first ones): fewer calls per query, for
+    machines with fewer cores than shards, where every call costs a request more than its search.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     bundle: str
     shards: int | None = None
+    shards_per_replica: int = Field(1, ge=1)
     shard_replicas: int = Field(1, ge=1)
     ingress_replicas: int = Field(1, ge=1)
     shard_cpus: float = Field(0.5, gt=0)
     shard_gpus: float = Field(0.0, ge=0, le=1)
     ingress_cpus: float = Field(1.0, gt=0)
+
+
+def http_port(configured: int) -> int:
+    """The port the app answers HTTP on, in a Serve started with this process's environment: with Serve's
+    direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``, what ``XMC_SERVE_DIRECT_INGRESS=1`` sets) the
+    ingress replica listens itself, on the first port of ``RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT``'s range
+    (a second replica on the same machine, or a new one started before the old one stops, takes the next
+    one); else Serve's HTTP proxy does, on ``configured``."""
+    if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1":
+        return int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))
+    return configured
 
 
 def app(args: dict) -> serve.Application:
@@ -347,11 +391,15 @@ def app(args: dict) -> serve.Application:
                          f"shards; pass shards={bundle.num_shards} "
                          f"or re-export with --shards {settings.shards}")
     user_config = {"bundle": path}
+    per = settings.shards_per_replica
+    groups = [list(range(start, min(start + per, bundle.num_shards)))
+              for start in range(0, bundle.num_shards, per)]
     shards = [IndexShard.options(name=f"IndexShard{number}", num_replicas=settings.shard_replicas,
                                  user_config=user_config,
                                  ray_actor_options={"num_cpus": settings.shard_cpus,
                                                     "num_gpus": settings.shard_gpus})
-              .bind(number, "cuda" if settings.shard_gpus else "cpu")
-              for number in range(bundle.num_shards)]
-    return Ingress.options(num_replicas=settings.ingress_replicas, user_config=user_config,
-                           ray_actor_options={"num_cpus": settings.ingress_cpus}).bind(shards)
+              .bind(group, "cuda" if settings.shard_gpus else "cpu")
+              for number, group in enumerate(groups)]
+    ingress = Ingress.options(num_replicas=settings.ingress_replicas, user_config=user_config,
+                              ray_actor_options={"num_cpus": settings.ingress_cpus})
+    return ingress.bind(shards, bundle.num_shards)

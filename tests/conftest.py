@@ -133,6 +133,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+
 def _gloo_worker(rank: int, world: int, port: int, target, args: tuple, out) -> None:
     import torch.distributed as dist
 

@@ -106,3 +106,48 @@ def test_workers_that_each_index_their_labels_find_the_top_k_of_all(cooking_vect
         assert not np.array_equal(one_list[1], reference[1])  # one list probed: it was IVF, not flat
     alone = sharded_topk(queries, labels, np.arange(len(labels)), len(labels), 10, AnnConfig(kind="flat"))
     assert all(np.array_equal(a, b) for a, b in zip(alone, reference))  # one worker: the plain search
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_an_index_built_a_chunk_at_a_time_is_the_index_of_the_whole_array(cooking_vectors, kind, monkeypatch):
+    """A source's vectors are made and added in chunks (here of 100 vectors, so the last one is short) and
+    the index answers as the one built from the whole array; the digest is that of the array's bytes."""
+    import hashlib
+
+    from xmc.mining import ann
+
+    queries, labels = cooking_vectors
+    monkeypatch.setattr(ann, "CHUNK_BYTES", 100 * labels.shape[1] * 4)
+    asked: list[int] = []
+
+    def fetch(positions: np.ndarray) -> np.ndarray:
+        asked.append(len(positions))
+        return labels[positions]
+
+    config = AnnConfig(kind=kind, ivf_lists=8, ivf_nprobe=2, ivf_train_per_list=40)
+    digest = hashlib.sha256()
+    chunked = build_index(ann.VectorSource(len(labels), fetch), config, digest=digest)
+    whole = build_index(labels, config)
+    assert chunked.ntotal == whole.ntotal == len(labels)
+    if kind == "ivf":  # the training sample first (8 lists x 40 points), then the vectors for the lists
+        assert asked[0] == 320
+        asked = asked[1:]
+    assert max(asked) == 100 and sum(asked) == len(labels)  # every vector made once, 100 at a time
+    if kind == "flat":  # the code store was given its final size up front, not grown chunk by chunk
+        assert chunked.codes.size() == len(labels) * labels.shape[1] * 4
+    assert digest.hexdigest() == hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
+    if kind == "hnsw":  # the graph depends on the insertion batches; its answers still agree
+        found, expected = search(chunked, queries, 10)[1], search(whole, queries, 10)[1]
+        assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, expected)]) > 0.97
+    else:
+        assert_same_topk(search(chunked, queries, 10), search(whole, queries, 10))
+
+
+def test_stacked_sources_answer_positions_across_them(cooking_vectors):
+    from xmc.mining.ann import VectorSource, stacked
+
+    _, labels = cooking_vectors
+    both = stacked(VectorSource.of(labels[:700]), VectorSource.of(labels[700:]))
+    positions = np.array([735, 3, 699, 700, 0])
+    assert both.count == len(labels) and both.dim == labels.shape[1]
+    np.testing.assert_array_equal(both.fetch(positions), labels[positions])

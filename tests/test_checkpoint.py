@@ -34,9 +34,19 @@ def test_flatten_round_trip_without_pickle(tmp_path):
     assert ckpt.unflatten(ckpt.flatten([1, 2], {}), {}) == [1, 2]
 
 
-def test_label_shards_are_re_split_for_any_number_of_workers(tmp_path):
+def test_tensors_sharing_memory_are_saved_apart_and_the_others_as_they_are(tmp_path):
+    table = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    same = ckpt._unshared({"a": table, "b": table[2:], "c": torch.ones(2)})
+    assert same["a"] is table and same["b"].data_ptr() != table[2:].data_ptr()  # only the second is copied
+    ckpt.save_state(tmp_path, "state", {"a": table, "b": table[2:]})
+    loaded = ckpt.load_state(tmp_path, "state")
+    assert torch.equal(loaded["a"], table) and torch.equal(loaded["b"], table[2:])
+
+
+def test_label_shards_are_re_split_for_any_number_of_workers(tmp_path, monkeypatch):
     """Two workers save their rows of an 11-row table; one worker, or rank 1 of three, reads back exactly its
-    rows and moments."""
+    rows and moments, reading a window of 16 bytes (4 floats: one row) at a time, into its own table."""
+    monkeypatch.setattr(ckpt, "READ_CHUNK_BYTES", 16)
     rows = torch.arange(11 * 4, dtype=torch.float32).reshape(11, 4)
     for rank in range(2):
         table = ShardedLabelTable(11, 4, rank, 2, initial=rows.numpy())
@@ -48,8 +58,12 @@ def test_label_shards_are_re_split_for_any_number_of_workers(tmp_path):
     assert torch.equal(everything["weight"], rows) and torch.equal(everything["exp_avg"], -rows)
     assert float(everything["step"]) == 5.0
     third = ShardedLabelTable(11, 4, 1, 3)
-    mine = ckpt.read_rows(tmp_path, "table", ("weight",), 11, third.owned)
-    assert torch.equal(mine["weight"], rows[torch.from_numpy(third.owned)])
+    mine = ckpt.read_rows(tmp_path, "table", ("weight",), 11, third.owned,
+                          into={"weight": third.rows.weight.data})
+    assert mine["weight"].data_ptr() == third.rows.weight.data_ptr()  # filled in place, not a second copy
+    assert torch.equal(third.rows.weight.data, rows[torch.from_numpy(third.owned)])
+    with pytest.raises(ValueError, match="rows are 4 wide"):
+        ckpt.read_rows(tmp_path, "table", ("weight",), 11, third.owned, into={"weight": torch.empty(4, 5)})
     (tmp_path / "table-rank0001.json").unlink()
     with pytest.raises(ValueError, match="miss 5 of this worker's rows"):
         ckpt.read_rows(tmp_path, "table", ("weight",), 11, np.arange(11))

@@ -82,7 +82,7 @@ def test_every_shipped_config_loads_and_round_trips():
 
 
 def test_dataset_validation_error_names_the_field():
-    with pytest.raises(ConfigError, match="dataset.max_len must be >= 2"):
+    with pytest.raises(ConfigError, match=r"dataset.max_len must be 0 \(chosen from the data\) or >= 2"):
         load_config(ExperimentConfig, None, ["dataset.max_len=1"])
 
 

@@ -13,7 +13,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from xmc.distributed import all_gather_with_grad, gather_rows, reduce_scatter_rows
+from xmc.distributed import (
+    all_gather_with_grad,
+    gather_rows,
+    gather_rows_to_first,
+    reduce_scatter_rows,
+    scatter_rows,
+)
 from xmc.losses.multilabel import supcon
 from xmc.models.label_table import ShardedLabelTable
 from xmc.models.prototypes import LabelPrototypes
@@ -92,6 +98,14 @@ def _worker(rank, world):
     # each worker receives the sum of its own block of rows only
     summed = reduce_scatter_rows(torch.arange(10.0).reshape(5, 2) * (rank + 1), [3, 2])
     assert torch.equal(summed, 3 * torch.arange(10.0).reshape(5, 2)[[0, 1, 2] if rank == 0 else [3, 4]])
+    # rank 0 alone receives every worker's rows (of uneven counts), and sends each worker its own block
+    gathered_first = gather_rows_to_first(np.full((3 - rank, 2), rank, np.float32))
+    if rank == 0:
+        assert [block.tolist() for block in gathered_first] == [[[0, 0]] * 3, [[1, 1]] * 2]
+    else:
+        assert gathered_first is None
+    blocks = [np.arange(6, dtype=np.int64).reshape(3, 2), np.array([[7, 8]])] if rank == 0 else None
+    assert scatter_rows(blocks).tolist() == ([[0, 1], [2, 3], [4, 5]] if rank == 0 else [[7, 8]])
     if rank == 0:
         return (total.item() / world, grad.numpy(), label_grad, rows.detach().numpy(), full.numpy(),
                 uneven, asked, fetched.numpy())

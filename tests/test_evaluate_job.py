@@ -70,3 +70,32 @@ def test_bad_prediction_files_are_named(tmp_path, cooking_prepared, indices, sco
 def test_missing_dataset_is_named(tmp_path):
     proc = run_job("evaluate.py", "--data", str(tmp_path / "none"), "--predictions", "x.npz", check=False)
     assert proc.returncode == 2 and "manifest.json: missing or unreadable" in proc.stderr
+
+
+def test_the_validation_hold_out_with_metrics_per_label_segment(cooking_prepared, tiny_encoder, tmp_path):
+    from xmc.config import load_config
+    from xmc.data.dataset import PreparedDataset
+    from xmc.data.split import TrainingSplit
+    from xmc.experiment import ExperimentConfig
+
+    settings = ["--config", str(REPO / "configs/datasets/cooking-stackexchange.yaml"), "--set",
+                "dataset.validation_fraction=0.1", "--set", "dataset.max_len=16"]
+    run_job("evaluate.py", "--data", str(cooking_prepared), "--encoder", str(tiny_encoder), "--out",
+            str(tmp_path / "val"), "--split", "validation", "--segments", "--quiet", *settings)
+    metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    config = load_config(ExperimentConfig, REPO / "configs/datasets/cooking-stackexchange.yaml",
+                         ["dataset.validation_fraction=0.1"])
+    held_out = TrainingSplit.of(PreparedDataset(cooking_prepared), config.dataset).validation_rows
+    with np.load(tmp_path / "val" / "PRED.npz") as pred:
+        assert len(pred["indices"]) == len(held_out)  # one row per held-out training point
+    segments = metrics["segments"]
+    assert set(segments) == {"seen", "unseen", "head", "tail"}
+    assert segments["seen"]["labels"] + segments["unseen"]["labels"] == 736
+    assert segments["head"]["labels"] + segments["tail"]["labels"] == segments["seen"]["labels"]
+    assert segments["head"]["positives_share"] + segments["tail"]["positives_share"] == pytest.approx(
+        segments["seen"]["positives_share"], abs=0.02)
+    assert segments["head"]["points"] <= len(held_out) and 0 <= segments["head"]["P@1"] <= 100
+
+    proc = run_job("evaluate.py", "--data", str(cooking_prepared), "--predictions",
+                   str(tmp_path / "val" / "PRED.npz"), "--split", "validation", check=False)
+    assert proc.returncode == 2 and "dataset.validation_fraction" in proc.stderr  # no hold-out configured

@@ -17,7 +17,8 @@ from conftest import REPO
 #: Layers from the bottom up; a module may import its own layer and those listed before it.
 LAYERS = [
     ("config", ["xmc.config", "xmc.experiment", "xmc.*.config"]),
-    ("foundation", ["xmc.io", "xmc.storage", "xmc.checkpoint", "xmc.distributed"]),
+    ("foundation", ["xmc.io", "xmc.storage", "xmc.checkpoint", "xmc.distributed", "xmc.memory",
+                    "xmc.cluster"]),
     ("data", ["xmc.data"]),
     ("components", ["xmc.models", "xmc.losses", "xmc.mining"]),
     ("scoring", ["xmc.scoring"]),

@@ -136,3 +136,27 @@ def test_chunked_rows_match_a_single_pass(monkeypatch):
     monkeypatch.setattr(metrics, "_ROW_CHUNK", 7)
     chunked = compute_metrics(indices, scores, truth, inv_prop, exclude=exclude)
     assert chunked == pytest.approx(whole)
+
+
+def test_label_segments_split_by_training_positives():
+    from xmc.evaluation.segments import label_segments
+
+    # label 0 alone holds half of the 10 training positives; 1 and 5 have none
+    segments = label_segments(np.array([5, 0, 3, 1, 1, 0]))
+    assert {name: ids.tolist() for name, ids in segments.items()} == {
+        "seen": [0, 2, 3, 4], "unseen": [1, 5], "head": [0], "tail": [2, 3, 4]}
+
+
+def test_a_segment_is_scored_against_its_own_positives_on_its_own_points():
+    from xmc.evaluation.segments import segment_metrics
+
+    # point 0: positives {0, 1}, predicted [0, 1]; point 1: {2}, predicted [1, 2]; point 2: {1}, [2, 1]
+    truth = sp.csr_matrix(np.array([[1, 1, 0], [0, 0, 1], [0, 1, 0]], dtype=np.float32))
+    indices = np.array([[0, 1], [1, 2], [2, 1]])
+    scores = np.array([[2.0, 1.0], [2.0, 1.0], [2.0, 1.0]])
+    out = segment_metrics(indices, scores, truth, np.ones(3), {"a": np.array([1]), "b": np.array([0, 2])})
+    # segment a (label 1): points 0 and 2; top-1 is 0 (a miss here: not in the segment) and 2 (a miss)
+    assert out["a"]["points"] == 2 and out["a"]["P@1"] == 0.0 and out["a"]["R@10"] == 100.0
+    # segment b (labels 0, 2): points 0 and 1; top-1 hits for point 0, misses (label 1) for point 1
+    assert out["b"]["points"] == 2 and out["b"]["P@1"] == 50.0 and out["b"]["labels"] == 2
+    assert out["a"]["positives_share"] == 50.0 and out["b"]["positives_share"] == 50.0

@@ -166,7 +166,10 @@ def test_jobs_submitted_from_a_copy_the_cluster_never_saw(cluster, dataset, tiny
     submit("jobs/deploy.py", "--bundle", bundle, "--shards", "2", "--port", str(port),
            "--name", "submitted", "--proxy-location", "HeadOnly")
     texts = ["how long to boil an egg", "cast iron rust"]
-    served = requests.post(f"http://127.0.0.1:{port}/v1/predict", json={"texts": texts, "k": 3}, timeout=60)
+    from serve.app import http_port
+
+    served = requests.post(f"http://127.0.0.1:{http_port(port)}/v1/predict", json={"texts": texts, "k": 3},
+                           timeout=60)
     assert served.status_code == 200, served.text
     expected, _ = Predictor.from_bundle(bundle).topk(texts, 3)
     assert [[hit["id"] for hit in row] for row in served.json()["results"]] == expected.tolist()
@@ -177,7 +180,7 @@ def test_serving_a_bundle_uri_survives_a_lost_shard_replica(cluster, runs, tmp_p
     import ray
     from ray import serve
 
-    from serve.app import app
+    from serve.app import app, http_port
 
     bundle = export_run(runs.reference, storage.join(cluster.bucket, "bundles", "reference"),
                         ExportConfig(shards=2, ann=AnnConfig(kind="flat")))
@@ -186,7 +189,7 @@ def test_serving_a_bundle_uri_survives_a_lost_shard_replica(cluster, runs, tmp_p
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(app({"bundle": bundle, "shards": 2, "shard_cpus": 0.25, "ingress_cpus": 0.5}), name="xmc",
               route_prefix="/")
-    url = f"http://127.0.0.1:{port}/v1/predict"
+    url = f"http://127.0.0.1:{http_port(port)}/v1/predict"
     texts = ["how long to boil an egg", "cast iron rust", "substitute for buttermilk", "sourdough starter"]
     stop, answers, failures = threading.Event(), [], []
 

@@ -43,15 +43,21 @@ def trained(small_cooking, tmp_path_factory) -> Trainer:
 
 @pytest.fixture(scope="module")
 def restored(trained, monkeypatch_module):
-    """The run's checkpoint, loaded for inference; records which checkpoint parts it read."""
+    """The run's checkpoint, loaded for inference; records which checkpoint parts it read (whole parts, and
+    the sharded parts whose rows it read, with the keys)."""
     read = []
-    load_state = checkpoint.load_state
+    load_state, read_rows = checkpoint.load_state, checkpoint.read_rows
 
     def recording(directory, name):
         read.append(name)
         return load_state(directory, name)
 
+    def recording_rows(directory, part, keys, *args, **kwargs):
+        read.append((part, keys))
+        return read_rows(directory, part, keys, *args, **kwargs)
+
     monkeypatch_module.setattr(checkpoint, "load_state", recording)
+    monkeypatch_module.setattr(checkpoint, "read_rows", recording_rows)
     run = TrainedRun.open(trained.reporter.location)
     scoring = run.scoring_model(device="cpu")
     return run, scoring, read
@@ -66,7 +72,8 @@ def monkeypatch_module():
 def test_a_checkpoint_scores_like_the_trained_model_without_training_state(trained, restored):
     run, scoring, read = restored
     assert run.checkpoint_name == run.checkpoint.name == "checkpoint_epoch001_step0000003"
-    assert {"optimizer", "trainer"}.isdisjoint(read) and "model" in read and "table-rank0000" in read
+    # the weights and the table's rows, never the optimizer moments, the optimizer or the loop state
+    assert {"optimizer", "trainer"}.isdisjoint(read) and "model" in read and ("table", ("weight",)) in read
     assert np.array_equal(scoring.cold_start, trained.data.cold_start) and len(scoring.cold_start) > 0
     before, after = trained.scoring.head_vectors(), scoring.head_vectors()
     np.testing.assert_allclose(after.de, before.de, atol=1e-6)
@@ -146,7 +153,9 @@ def test_an_exported_bundle_answers_like_the_model(trained, restored, tmp_path):
     with pytest.raises(ValueError, match="without its query tower"):
         search_only.encode(["salt"])
     shard_ids = search_only.search(predictor.encode(texts[:8]), 3)[1]
-    assert (shard_ids >= predictor.bundle.manifest["shards"][1]["first_label"]).all()
+    # shard 1 of 2 holds the labels with odd ids, as worker 1 of 2 training workers does
+    assert predictor.bundle.manifest["shards"][1]["label_rule"] == "id % 2 == 1"
+    assert (shard_ids % 2 == 1).all()
 
 
 def test_an_export_may_choose_how_labels_without_training_data_are_scored(restored, tmp_path):
@@ -204,6 +213,49 @@ def test_the_labels_one_worker_of_two_holds_are_those_rows_of_all(trained, resto
     finally:
         for model in (scoring, second):
             model.heads.clf_untrained, model.heads.cold_start_offset = "table", 0.0
+
+
+def test_a_subset_model_holds_only_its_labels_and_scores_them_like_the_whole(restored):
+    """What an export worker building one index shard loads: the checkpoint's rows of that shard's labels and
+    nothing else of the label state, and its labels' vectors are those rows of the whole model's."""
+    run, scoring, _ = restored
+    rows = np.arange(1, scoring.num_labels, 3)
+    scoring.heads.clf_untrained, scoring.heads.cold_start_offset = "label_text", 0.25  # run.config.model too
+    try:
+        subset = run.scoring_model(device="cpu", subset=rows)
+        assert subset.heads is scoring.heads and len(np.intersect1d(rows, scoring.cold_start)) >= 1
+        assert np.array_equal(subset.own_labels, rows) and subset.classifier.rows.weight.shape[0] == len(rows)
+        whole = scoring.label_vectors()[rows]
+        np.testing.assert_allclose(subset.own_label_vectors(), whole, atol=1e-5)
+        source = subset.own_label_source()  # what the shard's index is built from, a chunk at a time
+        np.testing.assert_allclose(source.fetch(np.arange(5, 60)), whole[5:60], atol=1e-5)
+        with pytest.raises(KeyError, match="does not hold"):
+            subset.classifier.local_rows(np.array([0]))  # label 0 is not one of the subset's
+    finally:
+        scoring.heads.clf_untrained, scoring.heads.cold_start_offset = "table", 0.0
+
+
+def test_a_prime_subset_model_reads_the_free_vectors_of_its_labels_clusters(small_cooking, tiny_encoder,
+                                                                            tmp_path):
+    """PRIME's prototypes of a subset come from the free vectors of its labels' clusters, read from the
+    checkpoint, and the subset's centroids: the same vectors as the whole model's."""
+    config = load_config(ExperimentConfig, [REPO / "configs/datasets/cooking-stackexchange.yaml",
+                                            REPO / "configs/methods/prime.yaml"],
+                         ["train.num_workers=0", f"dataset.prepared={small_cooking}", "dataset.max_len=16",
+                          f"encoder.model={tiny_encoder}", f"run.storage={tmp_path}", "train.progress=false"])
+    config, run_dir = resolve_run(config, "prime")
+    trainer = Trainer(config, run_dir, Session(run_dir))
+    trainer.initialise()
+    trainer.checkpoints.save(tmp_path / "checkpoint", trainer.state_dict())
+    whole = trainer.scoring.label_vectors()
+    rows = np.arange(2, trainer.data.num_labels, 5)
+    subset = ScoringModel.from_checkpoint(tmp_path / "checkpoint", config, trainer.data.num_labels,
+                                          label_tokens=trainer.data.cache.arrays("labels"), subset=rows,
+                                          device="cpu")
+    free = subset.prototypes.free
+    assert np.array_equal(free.owned, np.unique(subset.prototypes.free_of[rows]))
+    assert len(free.owned) < free.num_labels and len(subset.prototypes.centroids.owned) == len(rows)
+    np.testing.assert_allclose(subset.own_label_vectors(), whole[rows], atol=1e-5)
 
 
 def test_labels_added_and_removed_after_training(restored, tmp_path):

@@ -123,7 +123,7 @@ def served(bundles, ray_session):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(sys_path_app.app({"bundle": str(bundles[0]), "shards": 2}), name="xmc", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{sys_path_app.http_port(port)}"
     serve.delete("xmc")
 
 

@@ -112,3 +112,16 @@ def test_every_error_has_one_shape(client, request_, status, message):
     reply = client.request(method, path, content=body, headers={"Content-Type": "application/json"})
     assert reply.status_code == status
     assert list(reply.json()) == ["error"] and message in reply.json()["error"]
+
+
+def test_the_http_port_is_the_proxys_or_with_direct_ingress_the_ingress_replicas(serve_app, monkeypatch):
+    monkeypatch.delenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", raising=False)
+    assert serve_app.http_port(8000) == 8000
+    monkeypatch.setenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1")
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "38123")
+    assert serve_app.http_port(8000) == 38123
+
+
+def test_server_timing_names_each_stage_in_milliseconds(serve_app):
+    header = serve_app.server_timing({"encode": 0.0125, "shards": 0.003, "ingress": 0.02})
+    assert header == "encode;dur=12.50, shards;dur=3.00, ingress;dur=20.00"

@@ -42,7 +42,7 @@ def _mine_and_evaluate(rank: int, world: int, recipe: str, overrides: list[str],
     build_index = ann.build_index
 
     def recording_build_index(vectors, *args, **kwargs):
-        indexed.append(len(vectors))
+        indexed.append(ann.as_source(vectors).count)
         return build_index(vectors, *args, **kwargs)
 
     def everything(*args, **kwargs):

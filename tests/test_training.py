@@ -117,6 +117,9 @@ def test_local_mode_training_beats_zero_shot_and_writes_the_run(subset, tmp_path
     resolved = from_dict(ExperimentConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
     assert resolved.run.name == "local" and Path(resolved.dataset.prepared).is_absolute()
     assert result.metrics["P@1"] == pytest.approx(metrics["P@1"])
+    # Ray Train keeps no local-mode checkpoint: the run's own are in its directory, the latest two
+    checkpoints = sorted(p.name for p in run_dir.glob("checkpoint_*"))
+    assert len(checkpoints) == 2 and checkpoints[-1].startswith("checkpoint_epoch002_")
     # epoch 1's evaluation and epoch 2's mining share one encoding of the labels; the final evaluation,
     # after epoch 2's steps, encodes them again (a stale reuse would leave one encoding, no reuse three)
     num_labels = PreparedDataset(subset / "prepared").num_labels

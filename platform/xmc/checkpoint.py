@@ -86,10 +86,23 @@ def save_state(directory: str | os.PathLike, name: str, state: Any) -> None:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten(state, tensors)
     with atomic_path(directory / f"{name}.safetensors") as tmp:
-        # safetensors refuses tensors that share memory; give each its own storage
-        save_file({k: v.clone() if v.numel() else v for k, v in tensors.items()}, str(tmp))
+        save_file(_unshared(tensors), str(tmp))
     with atomic_path(directory / f"{name}.json") as tmp:
         tmp.write_text(json.dumps(skeleton), encoding="utf-8")
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with a copy of each one that shares memory with another (safetensors refuses those);
+    the others are written from where they are, since a label table and its moments are each as large as
+    everything else in a checkpoint together."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in tensors.items():
+        storage = tensor.untyped_storage().data_ptr() if tensor.numel() else None
+        out[key] = tensor.clone() if storage in seen else tensor
+        if storage is not None:
+            seen.add(storage)
+    return out
 
 
 def load_state(directory: str | os.PathLike, name: str) -> Any:
@@ -129,38 +142,67 @@ def has_state(directory: str | os.PathLike, name: str) -> bool:
     return (Path(directory) / f"{name}.json").is_file()
 
 
-def read_rows(directory: str | os.PathLike, part: str, keys: tuple[str, ...], num_rows: int, owned: np.ndarray
-              ) -> dict[str, torch.Tensor]:
+#: Bytes of rows read from a saved shard at once (bounds the memory of a re-split beside the rows kept);
+#: ``$XMC_CHUNK_BYTES`` changes it, as it does the chunks indexes are built in (:mod:`xmc.mining.ann`).
+READ_CHUNK_BYTES = int(os.environ.get("XMC_CHUNK_BYTES", 64 << 20))
+
+
+def read_rows(directory: str | os.PathLike, part: str, keys: tuple[str, ...], num_rows: int,
+              owned: np.ndarray, into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Rows ``owned`` of a sharded part, whatever the number of workers that wrote it.
 
-    Every saved shard lists its rows in ``owned``; the rows this reader owns are picked out of each shard, so
-    memory holds the reader's rows (and one saved shard at a time), never all ``num_rows``. Returns float32
-    tensors per key of ``keys`` that every shard holds, plus the shards' ``step`` when saved.
+    Every saved shard lists its rows in ``owned``; the rows this reader owns are read out of each shard a
+    bounded window at a time (a shard holding none of them is not read), so memory holds the reader's rows,
+    never a whole saved shard or all ``num_rows``. ``into`` gives the tensors to fill in place for some
+    keys (a table's own rows: no second copy of them is made). Returns float32 tensors per key of ``keys``
+    that the shards hold, plus the shards' ``step`` when saved.
     """
+    from safetensors import safe_open
+
     paths = sorted(Path(directory).glob(f"{part}-rank*.json"))
     if not paths:
         raise FileNotFoundError(f"{directory}: no {part}-rank*.json shards")
+    owned = np.asarray(owned, dtype=np.int64)
     position = np.full(num_rows, -1, dtype=np.int64)
     position[owned] = np.arange(len(owned))
     out: dict[str, torch.Tensor] = {}
     found = np.zeros(len(owned), dtype=bool)
     for path in paths:
-        shard = load_state(directory, path.stem)
-        target = position[np.asarray(shard["owned"], dtype=np.int64)]
-        keep = target >= 0
-        for key in keys:
-            if key not in shard:
-                continue
-            values = shard[key].float()
-            if key not in out:
-                out[key] = torch.zeros(len(owned), values.shape[1])
-            out[key][torch.from_numpy(target[keep])] = values[torch.from_numpy(np.flatnonzero(keep))]
-        if "step" in shard:
-            out["step"] = shard["step"]
-        found[target[keep]] = True
+        entries = dict(json.loads(path.read_text(encoding="utf-8"))["__dict__"])
+        with safe_open(str(path.with_suffix(".safetensors")), framework="pt", backend="pread") as handle:
+            saved = handle.get_tensor(_tensor_name(entries["owned"])).numpy()
+            target = position[saved]
+            rows = np.flatnonzero(target >= 0)  # positions in this shard of rows the reader owns
+            if "step" in entries:
+                step = entries["step"]
+                out["step"] = handle.get_tensor(_tensor_name(step)) if isinstance(step, dict) else step
+            for key in keys:
+                if key not in entries or not len(rows):
+                    continue
+                values = handle.get_slice(_tensor_name(entries[key]))
+                width = int(values.get_shape()[1])
+                if key not in out:
+                    out[key] = (into or {}).get(key)
+                    if out[key] is None:
+                        out[key] = torch.empty(len(owned), width)
+                    if tuple(out[key].shape) != (len(owned), width):
+                        raise ValueError(f"{path}: {key} rows are {width} wide, expected "
+                                         f"{tuple(out[key].shape)}")
+                window = max(1, READ_CHUNK_BYTES // (width * 4))
+                for start in range(0, len(rows), window):
+                    chunk = rows[start:start + window]
+                    block = values[int(chunk[0]):int(chunk[-1]) + 1].float()
+                    picked = block[torch.from_numpy(chunk - chunk[0])]
+                    out[key][torch.from_numpy(target[chunk])] = picked.to(out[key].device)
+        found[target[rows]] = True
     if not found.all():
         raise ValueError(f"{directory}: the {part} shards miss {int((~found).sum())} of this worker's rows")
     return out
+
+
+def _tensor_name(entry: dict) -> str:
+    """The safetensors key of a tensor or array in a :func:`flatten` skeleton."""
+    return entry.get("__tensor__") or entry["__ndarray__"]
 
 
 def find_checkpoint(run_location: str | os.PathLike, name: str = "") -> str:

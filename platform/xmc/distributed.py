@@ -147,6 +147,45 @@ def gather_rows(local: np.ndarray, device: torch.device | str = "cpu") -> np.nda
     return torch.cat([part[:n] for part, n in zip(parts, sizes)]).cpu().numpy()
 
 
+def gather_rows_to_first(local: np.ndarray, device: torch.device | str = "cpu") -> list[np.ndarray] | None:
+    """Every worker's rows, on rank 0 alone (worker by worker; None on the others): for work that one
+    process does over everything once, without every worker receiving everything."""
+    if not is_distributed():
+        return [local]
+    sizes = [int(n) for n in gather_rows(np.array([len(local)], dtype=np.int64), device)]
+    tensor = torch.from_numpy(np.ascontiguousarray(local)).to(device)
+    padded = torch.zeros((max(sizes), *local.shape[1:]), dtype=tensor.dtype, device=device)
+    padded[: len(tensor)] = tensor
+    parts = [torch.empty_like(padded) for _ in sizes] if dist.get_rank() == 0 else None
+    dist.gather(padded, parts, dst=0)
+    if parts is None:
+        return None
+    return [part[:n].cpu().numpy() for part, n in zip(parts, sizes)]
+
+
+def scatter_rows(blocks: list[np.ndarray] | None, device: torch.device | str = "cpu") -> np.ndarray:
+    """Rank 0's ``blocks[r]`` on worker r (the other ranks pass None): each worker receives its block only."""
+    if not is_distributed():
+        assert blocks is not None
+        return blocks[0]
+    meta = [None]
+    if dist.get_rank() == 0:
+        meta = [([len(block) for block in blocks], blocks[0].shape[1:], str(blocks[0].dtype))]
+    dist.broadcast_object_list(meta, src=0)
+    sizes, trailing, dtype = meta[0]
+    torch_dtype = getattr(torch, np.dtype(dtype).name)
+    out = torch.empty((max(sizes), *trailing), dtype=torch_dtype, device=device)
+    parts = None
+    if dist.get_rank() == 0:
+        parts = []
+        for block in blocks:
+            padded = torch.zeros_like(out)
+            padded[: len(block)] = torch.from_numpy(np.ascontiguousarray(block)).to(device)
+            parts.append(padded)
+    dist.scatter(out, parts, src=0)
+    return out[: sizes[dist.get_rank()]].cpu().numpy()
+
+
 def broadcast_array(array: np.ndarray | None, device: torch.device | str = "cpu", src: int = 0) -> np.ndarray:
     """Rank ``src``'s array on every worker (other ranks may pass None)."""
     if not is_distributed():

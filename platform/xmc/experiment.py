@@ -30,6 +30,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSection = field(default_factory=RunSection)
+    #: settings chosen from the data (a dotted key -> its value and why; :mod:`xmc.training.adapt`)
+    adapted: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.pool.all_labels and (self.model.classifier or self.model.prototypes):

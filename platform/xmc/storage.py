@@ -184,6 +184,16 @@ def download_dir(location: str | os.PathLike, local: str | os.PathLike) -> Path:
     return local
 
 
+def remove_dir(location: str | os.PathLike) -> None:
+    """Delete the directory at ``location`` and everything in it (nothing when it does not exist)."""
+    if is_local(location):
+        shutil.rmtree(local_path(location), ignore_errors=True)
+        return
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type != 0:  # pyarrow's FileType.NotFound
+        fs.delete_dir(path)
+
+
 def ray_storage(location: str | os.PathLike) -> dict:
     """Ray Train and Tune's ``RunConfig`` storage arguments for runs under ``location``: a local path, or a
     URI's path within its pyarrow file system (so options in the URI reach Ray too)."""

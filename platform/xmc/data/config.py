@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-
 TextFields = Literal["title", "title+content"]
 
 #: Propensity constants A, B of datasets outside the Amazon and Wikipedia families (Jain et al., 2016).
@@ -21,7 +20,12 @@ class DatasetConfig:
         name: short name used in run names and reports.
         source: directory of the raw files (LF json.gz or sparse layout), read by ``jobs/prepare.py``.
         prepared: directory of the prepared dataset (Parquet + manifest + token caches).
-        max_len: tokens per text after truncation (queries and labels).
+        max_len: tokens per query after truncation; 0 = chosen from the data (the 95th percentile of a
+            sample of the training queries' token counts, at most ``max_len_cap``), recorded with the reason
+            in the run's config.yaml (``adapted``).
+        label_max_len: the same for label texts; 0 = ``max_len`` when that is set, else chosen from the data
+            (the 99th percentile: a label is encoded in every step it enters, so fewer are cut).
+        max_len_cap: the most tokens a length chosen from the data may be (bounds every step's cost).
         query_text: ``title`` or ``title+content`` (content appended when non-empty; "Titles" sets use title).
         label_text: the same choice for label texts (LF label text is usually the title).
         propensity_a, propensity_b: Jain et al. constants (Amazon 0.6/2.6, Wikipedia 0.5/0.4, else 0.55/1.5).
@@ -35,7 +39,9 @@ class DatasetConfig:
     name: str = ""
     source: str = ""
     prepared: str = ""
-    max_len: int = 32
+    max_len: int = 0
+    label_max_len: int = 0
+    max_len_cap: int = 128
     query_text: TextFields = "title+content"
     label_text: TextFields = "title"
     propensity_a: float = DEFAULT_A
@@ -45,7 +51,11 @@ class DatasetConfig:
     validation_seed: int = 0
 
     def validate(self) -> None:
-        if self.max_len < 2:
-            raise ValueError(f"dataset.max_len must be >= 2, got {self.max_len}")
+        for key in ("max_len", "label_max_len"):
+            if getattr(self, key) == 1 or getattr(self, key) < 0:
+                raise ValueError(f"dataset.{key} must be 0 (chosen from the data) or >= 2, got "
+                                 f"{getattr(self, key)}")
+        if self.max_len_cap < 2:
+            raise ValueError(f"dataset.max_len_cap must be >= 2, got {self.max_len_cap}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"dataset.validation_fraction must be in [0, 1), got {self.validation_fraction}")

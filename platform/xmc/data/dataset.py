@@ -107,7 +107,21 @@ class PreparedDataset:
         content = hashlib.sha256(json.dumps(self.manifest["files"], sort_keys=True).encode()).hexdigest()[:12]
         return storage.cache_root() / "tokens" / f"{self.name}-{content}"
 
+    def sample_texts(self, split: str, fields: str, count: int, seed: int = 0) -> list[str]:
+        """The texts of ``count`` rows of ``split`` drawn without replacement with ``seed`` (all of them when
+        the split has fewer), in row order."""
+        from xmc.data.tokens import join_text
+
+        rows = self.num_labels if split == "labels" else self.num_points(split)
+        chosen = np.arange(rows) if rows <= count else np.sort(
+            np.random.default_rng(seed).choice(rows, count, replace=False))
+        columns = ["title", "content"] if fields == "title+content" else ["title"]
+        table = self._table(f"{split}.parquet", columns).take(chosen)
+        titles = table.column("title").to_pylist()
+        contents = table.column("content").to_pylist() if "content" in columns else [""] * len(titles)
+        return [join_text(title, content, fields) for title, content in zip(titles, contents)]
+
     def token_cache(self, model_dir: Path, max_len: int, query_text: str, label_text: str,
-                    progress: bool = True) -> TokenCache:
+                    progress: bool = True, label_max_len: int = 0) -> TokenCache:
         return ensure_token_cache(self.parquet, self.token_cache_dir(), model_dir, max_len, query_text,
-                                  label_text, progress)
+                                  label_text, progress, label_max_len)

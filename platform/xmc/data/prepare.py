@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from xmc import storage
 from xmc.data.errors import DataError
 from xmc.data.readers import (
     DEFAULT_CHUNK_ROWS,
@@ -43,7 +44,6 @@ from xmc.data.readers import (
     read_sparse_labels,
     read_sparse_points,
 )
-from xmc import storage
 from xmc.io import atomic_dir, sha256_file, write_json
 
 SCHEMA_VERSION = 1

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,6 +60,13 @@ def load_tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
 
 
+def token_lengths(tokenizer, texts: list[str], cap: int) -> np.ndarray:
+    """Tokens per text (special tokens included), counted up to ``cap + 1`` so that "longer than the cap"
+    shows without tokenising long documents whole."""
+    enc = tokenizer(texts, truncation=True, max_length=cap + 1, return_attention_mask=False)
+    return np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
+
+
 def tokenize_texts(tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """``(ids int32 [n, max_len], lengths int32 [n])``: the token-cache layout, for texts not in a cache."""
     enc = tokenizer(texts, truncation=True, max_length=max_len, padding="max_length", return_tensors="np")
@@ -69,17 +75,26 @@ def tokenize_texts(tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarra
 
 @dataclass(frozen=True)
 class TokenCacheSpec:
-    """What a cache depends on; ``key`` names its directory."""
+    """What a cache depends on; ``key`` names its directory. ``label_max_len`` 0: labels are cut like
+    queries, at ``max_len``."""
 
     tokenizer_id: str
     max_len: int
     query_text: str
     label_text: str
+    label_max_len: int = 0
+
+    @property
+    def labels_max_len(self) -> int:
+        return self.label_max_len or self.max_len
 
     @property
     def key(self) -> str:
         fields = {"title": "t", "title+content": "tc"}
-        return f"{self.tokenizer_id}-len{self.max_len}-q{fields[self.query_text]}-l{fields[self.label_text]}"
+        key = f"{self.tokenizer_id}-len{self.max_len}-q{fields[self.query_text]}-l{fields[self.label_text]}"
+        if self.labels_max_len != self.max_len:  # (one length for both keeps the key caches always had)
+            key += f"-llen{self.labels_max_len}"
+        return key
 
 
 def join_text(title: str, content: str, fields: str) -> str:
@@ -157,10 +172,12 @@ def _tokenize_split(tokenizer, parquet: pq.ParquetFile, fields: str, max_len: in
 
 
 def ensure_token_cache(parquet_files: Callable[[str], pq.ParquetFile], cache_dir: Path, model_dir: Path,
-                       max_len: int, query_text: str, label_text: str, progress: bool = True) -> TokenCache:
+                       max_len: int, query_text: str, label_text: str, progress: bool = True,
+                       label_max_len: int = 0) -> TokenCache:
     """Open the cache for these settings under ``cache_dir``, building it first if it does not exist yet
-    (``parquet_files(split)`` opens a split of the dataset)."""
-    spec = TokenCacheSpec(tokenizer_id(model_dir), max_len, query_text, label_text)
+    (``parquet_files(split)`` opens a split of the dataset); label texts are cut at ``label_max_len`` (0:
+    at ``max_len``, like queries)."""
+    spec = TokenCacheSpec(tokenizer_id(model_dir), max_len, query_text, label_text, label_max_len)
     final = Path(cache_dir) / spec.key
     if (final / "meta.json").is_file():
         return TokenCache(final)
@@ -171,11 +188,12 @@ def ensure_token_cache(parquet_files: Callable[[str], pq.ParquetFile], cache_dir
         with atomic_dir(final) as tmp:
             counts = {}
             for split in SPLITS:
-                fields = label_text if split == "labels" else query_text
-                counts[split] = _tokenize_split(tokenizer, parquet_files(split), fields, max_len, tmp, split,
+                labels = split == "labels"
+                fields, length = (label_text, spec.labels_max_len) if labels else (query_text, max_len)
+                counts[split] = _tokenize_split(tokenizer, parquet_files(split), fields, length, tmp, split,
                                                 progress)
             write_json(tmp / "meta.json", {"tokenizer": spec.tokenizer_id, "model_dir": str(model_dir),
-                                           "max_len": max_len, "query_text": query_text,
-                                           "label_text": label_text,
+                                           "max_len": max_len, "label_max_len": spec.labels_max_len,
+                                           "query_text": query_text, "label_text": label_text,
                                            "pad_id": int(tokenizer.pad_token_id or 0), "counts": counts})
     return TokenCache(final)

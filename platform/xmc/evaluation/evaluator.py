@@ -9,7 +9,8 @@ from xmc.data.config import DatasetConfig
 from xmc.data.dataset import PreparedDataset
 from xmc.evaluation.config import EvalConfig
 from xmc.evaluation.metrics import REPORTED_METRICS, compute_metrics
-from xmc.evaluation.retrieval import sharded_predict_topk
+from xmc.evaluation.segments import label_segments, segment_metrics
+from xmc.mining.ann import build_shard_index, sharded_search
 from xmc.scoring import fusion
 from xmc.scoring.model import ScoringModel, TokenArrays
 
@@ -18,14 +19,15 @@ Prediction = tuple[np.ndarray, np.ndarray]  # (indices int64 [n, k], scores floa
 
 def evaluate_predictions(dataset: PreparedDataset, indices: np.ndarray, scores: np.ndarray,
                          propensity_a: float, propensity_b: float, split: str = "test",
-                         rows: np.ndarray | None = None,
-                         train_rows: np.ndarray | None = None) -> dict[str, float]:
+                         rows: np.ndarray | None = None, train_rows: np.ndarray | None = None,
+                         segments: bool = False) -> dict:
     """The metrics.json mapping (percentages) for a top-k prediction on ``split``.
 
     Reciprocal pairs of the split (``filter_labels_<split>.txt``) are removed before the top-k cut and
     propensities come from the train label frequencies. ``rows`` restricts the split (a validation hold-out
     of the training points); ``train_rows`` restricts the points the propensities are counted on (the
-    training points that remain after the hold-out).
+    training points that remain after the hold-out). ``segments`` adds the metrics per label segment
+    (:mod:`xmc.evaluation.segments`, the segments counted on the same training points) under "segments".
     """
     truth = dataset.label_matrix(split)
     exclude = dataset.filter_matrix(split)
@@ -35,12 +37,16 @@ def evaluate_predictions(dataset: PreparedDataset, indices: np.ndarray, scores: 
     inv_prop = dataset.inverse_propensity(propensity_a, propensity_b, train_rows)
     metrics = compute_metrics(indices, scores, truth, inv_prop, exclude=exclude)
     keys = list(REPORTED_METRICS) + (["R@100"] if "R@100" in metrics else [])
-    return {key: round(metrics[key], 4) for key in keys}
+    out: dict = {key: round(metrics[key], 4) for key in keys}
+    if segments:
+        groups = label_segments(dataset.train_label_counts(train_rows))
+        out["segments"] = segment_metrics(indices, scores, truth, inv_prop, groups, exclude=exclude)
+    return out
 
 
 def evaluate_model(scoring: ScoringModel, dataset: PreparedDataset, queries: TokenArrays, split: str,
                    rows: np.ndarray | None, config: EvalConfig, data: DatasetConfig,
-                   train_rows: np.ndarray | None = None
+                   train_rows: np.ndarray | None = None, seed: int = 0
                    ) -> tuple[dict[str, dict[str, float]], Prediction] | None:
     """Metrics of the DE-only, classifier-only and fused predictors of ``scoring`` on ``rows`` of ``split``
     (all of it for None), and the fused prediction.
@@ -50,25 +56,41 @@ def evaluate_model(scoring: ScoringModel, dataset: PreparedDataset, queries: Tok
     when it has an offset. Every worker calls it (a collective): each indexes the labels it holds
     (:attr:`ScoringModel.own_labels`) and the per-worker top-k are merged; rank 0 gets the result, the others
     None.
-    """
-    heads = scoring.own_head_vectors()
-    query_vectors = scoring.query_head_vectors(queries, rows)
-    d, own, device = scoring.de_dim, scoring.own_labels, scoring.device
 
-    def top(queries: np.ndarray, labels: np.ndarray) -> Prediction:
-        return sharded_predict_topk(queries, labels, own, scoring.num_labels, config, device)
+    What a worker holds of its labels at once is bounded: their DE vectors, encoded once, and one index at a
+    time, each built a chunk at a time (the fused one from the DE vectors and the classifier's rows). The DE
+    index is the last one built and stays with ``scoring`` (:meth:`ScoringModel.own_de_index`), so that a
+    mining refresh right after this evaluation searches it instead of encoding the labels again.
+    """
+    de = scoring.own_de_label_vectors()
+    query_vectors = scoring.query_head_vectors(queries, rows)
+    d, own, device, num_labels = scoring.de_dim, scoring.own_labels, scoring.device, scoring.num_labels
+
+    def top(queries: np.ndarray, labels) -> Prediction:
+        index = build_shard_index(labels, num_labels, config.ann, seed, device)
+        scores, indices = sharded_search(queries, index, own, num_labels, config.top_k, device)
+        return indices, scores
 
     def score(prediction: Prediction) -> dict[str, float]:
         return evaluate_predictions(dataset, *prediction, data.propensity_a, data.propensity_b, split=split,
                                     rows=rows, train_rows=train_rows)
 
-    predictions = {"de": top(query_vectors[:, :d], heads.de)}
-    if heads.clf is not None:
-        predictions["clf"] = top(query_vectors[:, d:], heads.clf)
-    offset = scoring.heads.cold_start_offset
-    fused = top(fusion.fold_queries(query_vectors, offset), scoring.own_label_vectors(heads))
-    if heads.clf is not None or fusion.has_offset_column(offset):
-        predictions["fused"] = fused
+    predictions = {}
+    heads = scoring.heads
+    fused_differs = scoring.has_classifier or fusion.has_offset_column(heads.cold_start_offset)
+    if fused_differs or heads.de_weight != 1.0:
+        fused = top(fusion.fold_queries(query_vectors, heads.cold_start_offset), scoring.own_label_source(de))
+        if fused_differs:
+            predictions["fused"] = fused
+    if scoring.has_classifier:
+        predictions["clf"] = top(query_vectors[:, d:], scoring.own_classifier_source())
+    de_index = scoring.own_de_index(config.ann, seed, vectors=de)
+    del de
+    scores, indices = sharded_search(query_vectors[:, :d], de_index, own, num_labels, config.top_k, device)
+    predictions["de"] = (indices, scores)
+    if not (fused_differs or heads.de_weight != 1.0):
+        fused = predictions["de"]  # the folded vectors would be the DE vectors themselves
     if scoring.rank != 0:
         return None
-    return {name: score(prediction) for name, prediction in predictions.items()}, fused
+    order = [name for name in ("de", "clf", "fused") if name in predictions]
+    return {name: score(predictions[name]) for name in order}, fused

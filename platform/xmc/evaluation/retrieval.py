@@ -7,8 +7,9 @@ import torch
 
 from xmc.data.config import DatasetConfig
 from xmc.data.dataset import PreparedDataset
+from xmc.data.lengths import token_cache
 from xmc.evaluation.config import EvalConfig
-from xmc.mining.ann import build_index, search, sharded_topk
+from xmc.mining.ann import build_index, search
 from xmc.models.config import EncoderConfig
 from xmc.models.encoder import (
     TextEncoder,
@@ -29,22 +30,13 @@ def predict_topk(query_vectors: np.ndarray, label_vectors: np.ndarray, config: E
     return indices, scores
 
 
-def sharded_predict_topk(query_vectors: np.ndarray, label_vectors: np.ndarray, label_ids: np.ndarray,
-                         num_labels: int, config: EvalConfig, device=None) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`predict_topk` where each worker holds the vectors of its labels ``label_ids`` only (a
-    collective: :func:`xmc.mining.ann.sharded_topk`); every worker gets the top-k over all labels."""
-    scores, indices = sharded_topk(query_vectors, label_vectors, label_ids, num_labels, config.top_k,
-                                   config.ann, device=device)
-    return indices, scores
-
-
 def zero_shot_predict(dataset: PreparedDataset, data_config: DatasetConfig, encoder_config: EncoderConfig,
-                      eval_config: EvalConfig, split: str = "test", progress: bool = True
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Encode labels and ``split`` queries with the pre-trained encoder and retrieve by cosine similarity."""
+                      eval_config: EvalConfig, split: str = "test", progress: bool = True,
+                      rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Encode labels and ``split`` queries (``rows`` of it; default all) with the pre-trained encoder and
+    retrieve by cosine similarity."""
     model_dir = resolve_model_dir(encoder_config.model)
-    cache = dataset.token_cache(model_dir, data_config.max_len, data_config.query_text,
-                                data_config.label_text, progress=progress)
+    cache = token_cache(dataset, data_config, model_dir, progress=progress)
     device = default_device()
     encoder = TextEncoder(model_dir, encoder_config.pooling, encoder_config.group_by_length).to(device).eval()
     embed = normalized(encoder)
@@ -53,5 +45,6 @@ def zero_shot_predict(dataset: PreparedDataset, data_config: DatasetConfig, enco
         labels = encode_tokens(embed, *cache.arrays("labels"), batch_size=encoder_config.batch_size,
                                device=device, dtype=dtype, desc="encode labels", progress=progress)
         queries = encode_tokens(embed, *cache.arrays(split), batch_size=encoder_config.batch_size,
-                                device=device, dtype=dtype, desc=f"encode {split}", progress=progress)
+                                device=device, dtype=dtype, desc=f"encode {split}", progress=progress,
+                                rows=rows)
     return predict_topk(queries, labels, eval_config)

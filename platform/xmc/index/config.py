@@ -31,6 +31,11 @@ class ExportConfig:
             ``content`` per line; a path or a storage URI), scored by their text
             (:mod:`xmc.index.label_edits`).
         remove_labels: uids of labels no search may return, one per line (a path or a storage URI).
+        workers: processes that build the index shards: 1 builds them one after the other in the export
+            job's process; more starts that many Ray tasks (on the cluster the job runs on, else a local
+            Ray), each building a share of the shards. Each holds one shard's label vectors at a time.
+        cpus_per_worker: CPUs (and threads) each of those tasks takes.
+        ray_address: the Ray cluster of the tasks ("" = $RAY_ADDRESS, else a local Ray on 127.0.0.1).
     """
 
     shards: int = 1
@@ -42,7 +47,13 @@ class ExportConfig:
     cold_start_offset: float | None = None
     add_labels: str = ""
     remove_labels: str = ""
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    ray_address: str = ""
 
     def validate(self) -> None:
         if self.shards < 1:
             raise ValueError(f"shards must be >= 1, got {self.shards}")
+        if self.workers < 1 or self.cpus_per_worker <= 0:
+            raise ValueError(f"workers must be >= 1 and cpus_per_worker > 0, got {self.workers} and "
+                             f"{self.cpus_per_worker}")

@@ -15,19 +15,100 @@ candidates per query, never label vectors.
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from xmc.distributed import gather_rows, rank_and_world
 from xmc.mining.config import AnnConfig
 
+#: Bytes of label vectors produced at once while an index is built from a :class:`VectorSource` (bounds
+#: the memory beside the index itself). ``$XMC_CHUNK_BYTES`` changes it: a test measuring label memory at a
+#: few thousand labels needs chunks much smaller than a worker's labels.
+CHUNK_BYTES = int(os.environ.get("XMC_CHUNK_BYTES", 64 << 20))
+
+
+@dataclass
+class VectorSource:
+    """``count`` vectors made on demand: ``fetch(positions)`` returns the float32 rows at those positions,
+    in that order. An index built from a source holds the vectors once: they are made a chunk at a time and
+    added, so no whole copy of them exists beside the index (encoder outputs, normalised table rows and
+    fused vectors are all made this way)."""
+
+    count: int
+    fetch: Callable[[np.ndarray], np.ndarray]
+    dim: int = 0  # the vectors' width when known (else learnt from the first chunk)
+
+    @classmethod
+    def of(cls, vectors: np.ndarray) -> VectorSource:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        return cls(len(vectors), lambda positions: vectors[positions],
+                   vectors.shape[1] if vectors.ndim == 2 else 0)
+
+    def chunk_rows(self, dim: int | None = None) -> int:
+        """Vectors per chunk of about :data:`CHUNK_BYTES`."""
+        return max(1, CHUNK_BYTES // max((dim or self.dim or 1024) * 4, 1))
+
+    def chunks(self, first: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Every vector in order, in chunks of about :data:`CHUNK_BYTES` (``first``: the first chunk, when
+        the caller has already made it to learn the width)."""
+        rows = self.chunk_rows()
+        start = 0
+        if first is not None:
+            yield first
+            start = len(first)
+            rows = self.chunk_rows(first.shape[1])
+        while start < self.count:
+            chunk = np.ascontiguousarray(self.fetch(np.arange(start, min(start + rows, self.count))),
+                                         dtype=np.float32)
+            yield chunk
+            start += len(chunk)
+            rows = self.chunk_rows(chunk.shape[1])
+
+
+def as_source(vectors: np.ndarray | VectorSource) -> VectorSource:
+    return vectors if isinstance(vectors, VectorSource) else VectorSource.of(vectors)
+
+
+def stacked(*sources: VectorSource) -> VectorSource:
+    """The vectors of ``sources`` one after the other (positions past the first source's are the next's)."""
+    starts = np.cumsum([0] + [source.count for source in sources])
+
+    def fetch(positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        part = np.searchsorted(starts, positions, side="right") - 1
+        out = None
+        for number, source in enumerate(sources):
+            mine = np.flatnonzero(part == number)
+            if not len(mine):
+                continue
+            vectors = source.fetch(positions[mine] - starts[number])
+            if out is None:
+                out = np.empty((len(positions), vectors.shape[1]), dtype=np.float32)
+            out[mine] = vectors
+        return out if out is not None else np.zeros((0, sources[0].dim), dtype=np.float32)
+
+    return VectorSource(int(starts[-1]), fetch, sources[0].dim)
+
 
 def resolved_kind(config: AnnConfig, num_vectors: int) -> str:
     if config.kind != "auto":
         return config.kind
     return "flat" if num_vectors < config.exact_below else config.large_kind
+
+
+def index_key(config: AnnConfig, num_labels: int, seed: int = 0) -> tuple:
+    """What decides the index :func:`build_shard_index` makes of the same vectors: two requests with the same
+    key get the same index, so one may serve both."""
+    kind = resolved_kind(config, num_labels)
+    if kind == "flat":
+        return kind, config.use_gpu
+    if kind == "hnsw":
+        return kind, config.hnsw_m, config.hnsw_ef_search
+    return kind, config.use_gpu, config.ivf_lists, config.ivf_nprobe, config.ivf_train_per_list, seed
 
 
 class TorchFlatIndex:
@@ -37,13 +118,22 @@ class TorchFlatIndex:
     ``search(queries, k) -> (scores, ids)`` like the faiss indexes, so :func:`search` takes either.
     """
 
-    def __init__(self, vectors: np.ndarray, device, max_scores: int = 1 << 27):
+    def __init__(self, vectors: np.ndarray | VectorSource, device, max_scores: int = 1 << 27):
         # not at module level: preparing data imports this module and must not load torch
         import torch
 
         self.device = torch.device(device)
-        self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
-        self.ntotal = len(vectors)
+        source = as_source(vectors)
+        self.vectors = None
+        start = 0
+        for chunk in source.chunks():
+            if self.vectors is None:
+                self.vectors = torch.empty((source.count, chunk.shape[1]), device=self.device)
+            self.vectors[start:start + len(chunk)] = torch.from_numpy(chunk).to(self.device)
+            start += len(chunk)
+        if self.vectors is None:
+            self.vectors = torch.empty((0, 0), device=self.device)
+        self.ntotal = source.count
         self.max_scores = max_scores  # floats in one chunk's score matrix: bounds memory for any label count
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,41 +151,70 @@ class TorchFlatIndex:
         return scores, ids
 
 
-def build_index(vectors: np.ndarray, config: AnnConfig | None = None, seed: int = 0, device=None):
-    """A faiss inner-product index holding ``vectors`` (row i gets id i); on ``device`` when it is a GPU and
-    ``config.use_gpu`` (see the module docstring)."""
+def _reserve(codes, nbytes: int) -> None:
+    """Give a flat code store its final capacity before vectors are added chunk by chunk: faiss grows it
+    like a ``std::vector`` otherwise, and each regrowth holds the old and the new buffer at once."""
+    codes.resize(nbytes)
+    codes.resize(0)  # the size goes back to 0, the capacity stays
+
+
+def build_index(vectors: np.ndarray | VectorSource, config: AnnConfig | None = None, seed: int = 0,
+                device=None, kind: str | None = None, digest=None):
+    """A faiss inner-product index holding ``vectors`` (an array, or a :class:`VectorSource` whose vectors
+    are made and added a chunk at a time; row i gets id i); on ``device`` when it is a GPU and
+    ``config.use_gpu`` (see the module docstring). ``kind``: the index kind when the caller has chosen it
+    (for all labels, of which ``vectors`` are a shard), else the one ``config`` gives for this count.
+    ``digest`` (a hashlib object) is fed the vectors' bytes in order as they are added."""
     import faiss
     import torch
 
     config = config or AnnConfig()
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = vectors.shape
-    kind = resolved_kind(config, n)
+    source = as_source(vectors)
+    n = source.count
+    kind = kind or resolved_kind(config, n)
     on_gpu = config.use_gpu and device is not None and torch.device(device).type == "cuda"
     faiss_gpu = hasattr(faiss, "StandardGpuResources")
     if on_gpu and kind == "flat" and not faiss_gpu:
-        return TorchFlatIndex(vectors, device)
+        return TorchFlatIndex(source, device)
+    sample = None
+    if kind == "ivf":
+        lists = config.ivf_lists or int(4 * math.sqrt(n))
+        lists = max(1, min(lists, n // 39))
+        positions = np.arange(n)
+        if n > lists * config.ivf_train_per_list:  # faiss trains on at most 256 points per list anyway
+            positions = np.random.default_rng(seed).choice(n, lists * config.ivf_train_per_list,
+                                                           replace=False)
+        sample = np.ascontiguousarray(source.fetch(positions), dtype=np.float32)
+        first = None
+    else:  # the first chunk tells the width
+        first = np.ascontiguousarray(source.fetch(np.arange(min(n, source.chunk_rows()))), dtype=np.float32)
+    dim = (sample if sample is not None else first).shape[1]
+    to_gpu = on_gpu and kind in ("flat", "ivf") and faiss_gpu  # then the vectors are added on the GPU
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
+        if not to_gpu:
+            _reserve(index.codes, n * dim * 4)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = max(40, config.hnsw_m * 2)
         index.hnsw.efSearch = config.hnsw_ef_search
+        _reserve(faiss.downcast_index(index.storage).codes, n * dim * 4)
     else:
-        lists = config.ivf_lists or int(4 * math.sqrt(n))
-        lists = max(1, min(lists, n // 39))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        sample = vectors
-        if n > lists * config.ivf_train_per_list:  # faiss trains on at most 256 points per list anyway
-            sample = vectors[np.random.default_rng(seed).choice(n, lists * config.ivf_train_per_list,
-                                                                replace=False)]
         index.train(sample)
         index.nprobe = min(config.ivf_nprobe, lists)
-    if on_gpu and kind in ("flat", "ivf") and faiss_gpu:
+        if len(sample) == n:  # trained on every vector, in id order: add those instead of making them again
+            source = VectorSource.of(sample)
+        del sample
+    if to_gpu:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), torch.device(device).index or 0, index)
-    index.add(vectors)
+    if n:
+        for chunk in source.chunks(first):
+            index.add(chunk)
+            if digest is not None:
+                digest.update(chunk.tobytes())
     return index
 
 
@@ -131,23 +250,30 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
     return top_scores, top_ids
 
 
-def sharded_topk(queries: np.ndarray, label_vectors: np.ndarray, label_ids: np.ndarray, num_labels: int,
-                 k: int, config: AnnConfig | None = None, seed: int = 0, device=None,
-                 batch_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+def build_shard_index(label_vectors: np.ndarray | VectorSource, num_labels: int,
+                      config: AnnConfig | None = None, seed: int = 0, device=None):
+    """This worker's index of its labels (``label_vectors``: theirs, an array or a source), of the kind
+    chosen for all ``num_labels`` so that a shard is searched the way the whole would be; None when the
+    worker holds no label."""
+    config = config or AnnConfig()
+    source = as_source(label_vectors)
+    if not source.count:
+        return None
+    return build_index(source, config, seed=seed, device=device, kind=resolved_kind(config, num_labels))
+
+
+def sharded_search(queries: np.ndarray, index, label_ids: np.ndarray, num_labels: int, k: int, device=None,
+                   batch_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` ``(scores float32, global label ids int64)`` of ``queries`` over the labels of all workers.
 
-    A collective: every worker passes the same ``queries`` and its own labels (``label_vectors`` of the
-    global ids ``label_ids``; ``num_labels`` in all). Each worker indexes only its labels (the index kind
-    chosen for ``num_labels``, so a shard is searched the way the whole would be), searches the queries a
-    chunk at a time, and the chunk's per-worker candidates are all-gathered and merged. A worker holds its
-    shard, the queries and ``k`` candidates per query and worker of one chunk. With one worker this is
-    :func:`build_index` and :func:`search` on all labels. Returns ``min(k, num_labels)`` columns, −1 padded
+    A collective: every worker passes the same ``queries`` and the index of its own labels
+    (:func:`build_shard_index`; row i of it is global label ``label_ids[i]``; ``num_labels`` in all). Each
+    worker searches the queries a chunk at a time, and the chunk's per-worker candidates are all-gathered and
+    merged: a worker holds its shard, the queries and ``k`` candidates per query and worker of one chunk.
+    With one worker this is :func:`search` on all labels. Returns ``min(k, num_labels)`` columns, −1 padded
     where the index kind finds fewer.
     """
-    config = config or AnnConfig()
-    config = dataclasses.replace(config, kind=resolved_kind(config, num_labels))
     label_ids = np.asarray(label_ids, dtype=np.int64)
-    index = build_index(label_vectors, config, seed=seed, device=device) if len(label_ids) else None
     k = min(k, num_labels)
     _, world = rank_and_world()
     out_scores = np.empty((len(queries), k), dtype=np.float32)
@@ -169,3 +295,12 @@ def sharded_topk(queries: np.ndarray, label_vectors: np.ndarray, label_ids: np.n
             scores, ids = merge_topk(parts, k)
         out_scores[start:start + len(chunk)], out_ids[start:start + len(chunk)] = scores, ids
     return out_scores, out_ids
+
+
+def sharded_topk(queries: np.ndarray, label_vectors: np.ndarray | VectorSource, label_ids: np.ndarray,
+                 num_labels: int, k: int, config: AnnConfig | None = None, seed: int = 0, device=None,
+                 batch_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`build_shard_index` of this worker's ``label_vectors``, then :func:`sharded_search` (a
+    collective); the index is freed on return."""
+    index = build_shard_index(label_vectors, num_labels, config, seed, device)
+    return sharded_search(queries, index, label_ids, num_labels, k, device, batch_rows)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from xmc.mining.ann import sharded_topk
-from xmc.mining.config import AnnConfig
+from xmc.mining.ann import sharded_search
 
 
 def remove_positives(candidates: np.ndarray, positives: sp.csr_matrix, rows: np.ndarray,
@@ -27,18 +26,15 @@ def remove_positives(candidates: np.ndarray, positives: sp.csr_matrix, rows: np.
     return kept.astype(np.int32)
 
 
-def compute_shortlists(query_vectors: np.ndarray, label_vectors: np.ndarray, positives: sp.csr_matrix,
-                       rows: np.ndarray, size: int, ann: AnnConfig, *, label_ids: np.ndarray | None = None,
-                       num_labels: int | None = None, seed: int = 0, device=None) -> np.ndarray:
+def compute_shortlists(query_vectors: np.ndarray, index, label_ids: np.ndarray, num_labels: int,
+                       positives: sp.csr_matrix, rows: np.ndarray, size: int, device=None) -> np.ndarray:
     """``[len(rows), size]`` int32 hard-negative candidates for training queries ``rows``.
 
-    ``label_vectors`` are those of all labels, or, with ``label_ids``, of this worker's labels among
-    ``num_labels`` (a collective: :func:`xmc.mining.ann.sharded_topk`). Searches ``size`` plus a margin for
-    the positives that will be removed (up to 32 per query).
+    ``index`` holds this worker's labels ``label_ids`` of ``num_labels`` (:func:`xmc.mining.ann.
+    build_shard_index`; a collective: :func:`xmc.mining.ann.sharded_search`). Searches ``size`` plus a margin
+    for the positives that will be removed (up to 32 per query).
     """
-    if label_ids is None:
-        label_ids, num_labels = np.arange(len(label_vectors)), len(label_vectors)
     max_positives = int(np.diff(positives.indptr).max()) if positives.nnz else 0
-    _, candidates = sharded_topk(query_vectors, label_vectors, label_ids, num_labels,
-                                 size + min(max_positives, 32), ann, seed=seed, device=device)
+    _, candidates = sharded_search(query_vectors, index, label_ids, num_labels, size + min(max_positives, 32),
+                                   device=device)
     return remove_positives(candidates, positives, rows, size)

@@ -18,14 +18,46 @@ from torch import nn
 from xmc.distributed import all_reduce_with_grad, gather_rows
 
 
+def owned_labels(num_labels: int, rank: int, world_size: int, owned: np.ndarray | None = None) -> np.ndarray:
+    """The labels a shard holds: ``owned`` (sorted; one process's own subset), else the training split
+    ``l % world_size == rank``."""
+    if owned is None:
+        return np.arange(rank, num_labels, world_size, dtype=np.int64)
+    if world_size != 1:
+        raise ValueError("a table of chosen labels belongs to one process (world_size 1)")
+    owned = np.asarray(owned, dtype=np.int64)
+    if len(owned) > 1 and not np.all(np.diff(owned) > 0):
+        raise ValueError("owned label ids must be sorted and unique")
+    return owned
+
+
+def local_positions(owned: np.ndarray, num_labels: int, label_ids, device=None):
+    """Positions in ``owned`` (sorted) of ``label_ids``, as a tensor (on ``device`` for tensor ids): the ids
+    themselves when ``owned`` is every label. An id outside ``owned`` is an error, not a wrong row."""
+    is_tensor = isinstance(label_ids, torch.Tensor)
+    if len(owned) == num_labels:
+        return label_ids if is_tensor else torch.from_numpy(np.asarray(label_ids, dtype=np.int64)).to(device)
+    ids = label_ids.cpu().numpy() if is_tensor else np.asarray(label_ids, dtype=np.int64)
+    positions = np.searchsorted(owned, ids)
+    if len(ids) and (positions.max() >= len(owned) or not np.array_equal(owned[positions], ids)):
+        raise KeyError("asked for rows of labels this shard does not hold")
+    out = torch.from_numpy(positions.astype(np.int64))
+    return out.to(label_ids.device if is_tensor else device)
+
+
 class ShardedLabelTable(nn.Module):
-    """Rows of the labels this worker owns; ``forward(pool)`` returns all pool rows on every worker."""
+    """Rows of the labels this worker owns; ``forward(pool)`` returns all pool rows on every worker.
+
+    ``owned`` makes a table of any set of labels instead of the training split, for inference on a subset
+    (an index shard of a bundle: :meth:`xmc.scoring.model.ScoringModel.build` with ``labels``); such a
+    table is one process's alone (``world_size`` 1) and finds a label's row by its position in ``owned``.
+    """
 
     def __init__(self, num_labels: int, dim: int, rank: int = 0, world_size: int = 1,
-                 initial: np.ndarray | None = None):
+                 initial: np.ndarray | None = None, owned: np.ndarray | None = None):
         super().__init__()
         self.num_labels, self.dim, self.rank, self.world_size = num_labels, dim, rank, world_size
-        self.owned = np.arange(rank, num_labels, world_size, dtype=np.int64)
+        self.owned = owned_labels(num_labels, rank, world_size, owned)
         self.rows = nn.Embedding(len(self.owned), dim, sparse=True)
         with torch.no_grad():
             if initial is not None:
@@ -33,10 +65,14 @@ class ShardedLabelTable(nn.Module):
             else:
                 nn.init.xavier_uniform_(self.rows.weight)
 
+    def local_rows(self, label_ids: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Positions in this table of labels it holds (a table of all labels: the ids themselves)."""
+        return local_positions(self.owned, self.num_labels, label_ids, self.rows.weight.device)
+
     def forward(self, label_ids: torch.Tensor) -> torch.Tensor:
         """``[len(label_ids), dim]`` rows (differentiable; gradients reach the owners' sparse rows)."""
         if self.world_size == 1:
-            return self.rows(label_ids)
+            return self.rows(self.local_rows(label_ids))
         mine = (label_ids % self.world_size) == self.rank
         out = torch.zeros(len(label_ids), self.dim, device=self.rows.weight.device)
         out = out.index_put((mine.nonzero(as_tuple=True)[0],), self.rows(label_ids[mine] // self.world_size))
@@ -58,7 +94,7 @@ class ShardedLabelTable(nn.Module):
         label_ids = np.asarray(label_ids, dtype=np.int64)
         weight = self.rows.weight
         if self.world_size == 1:
-            return weight[torch.from_numpy(label_ids).to(weight.device)].detach()
+            return weight[self.local_rows(label_ids)].detach()
         import torch.distributed as dist
 
         counts = gather_rows(np.array([len(label_ids)], dtype=np.int64), weight.device)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmc.distributed import all_reduce_with_grad, is_distributed
-from xmc.models.label_table import ShardedLabelTable
+from xmc.models.label_table import ShardedLabelTable, local_positions, owned_labels
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
@@ -50,9 +50,9 @@ class CentroidStore:
     """
 
     def __init__(self, num_labels: int, dim: int, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", owned: np.ndarray | None = None):
         self.num_labels, self.dim, self.rank, self.world_size = num_labels, dim, rank, world_size
-        self.owned = np.arange(rank, num_labels, world_size, dtype=np.int64)
+        self.owned = owned_labels(num_labels, rank, world_size, owned)
         self.rows = torch.zeros(len(self.owned), dim, device=device)
 
     def _mine(self, label_ids: torch.Tensor) -> torch.Tensor:
@@ -60,6 +60,8 @@ class CentroidStore:
 
     @torch.no_grad()
     def lookup(self, label_ids: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return self.rows[local_positions(self.owned, self.num_labels, label_ids)]
         mine = self._mine(label_ids)
         out = torch.zeros(len(label_ids), self.dim, device=self.rows.device)
         out[mine] = self.rows[label_ids[mine] // self.world_size]
@@ -104,11 +106,20 @@ class LabelPrototypes:
     (``free_of``, set once from the label texts) and the label centroids."""
 
     def __init__(self, num_labels: int, dim: int, num_free: int, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", subset: np.ndarray | None = None):
+        """``subset``: hold the state of these labels only (one process's subset, for inference); the free
+        vectors they need are chosen once their clusters are known (:meth:`hold_free_vectors_of`)."""
         self.num_labels = num_labels
-        self.free = ShardedLabelTable(num_free, dim, rank, world_size).to(device)
+        held = None if subset is None else np.zeros(0, dtype=np.int64)
+        self.free = ShardedLabelTable(num_free, dim, rank, world_size, owned=held).to(device)
         self.free_of: np.ndarray | None = None  # label -> free-vector cluster
-        self.centroids = CentroidStore(num_labels, dim, rank, world_size, device)
+        self.centroids = CentroidStore(num_labels, dim, rank, world_size, device, owned=subset)
+
+    def hold_free_vectors_of(self, labels: np.ndarray) -> None:
+        """Make the free-vector table of a subset model hold the clusters of ``labels`` (rows to be read)."""
+        free = self.free
+        self.free = ShardedLabelTable(free.num_labels, free.dim, owned=np.unique(self.free_of[labels])).to(
+            free.rows.weight.device)
 
     @staticmethod
     def default_num_free(num_labels: int) -> int:

@@ -6,7 +6,10 @@ and a bundle's query tower use the same object restored from a checkpoint
 trainer. With several workers every encoding method is a collective: each worker encodes a share and
 every worker gets all rows, so the same code serves 1 or N workers. The ``own_*`` methods give instead the
 vectors of the labels this worker holds (:attr:`ScoringModel.own_labels`), which is what training-time
-mining and evaluation index: no worker then holds every label's vector.
+mining and evaluation index: no worker then holds every label's vector. They come as
+:class:`~xmc.mining.ann.VectorSource` objects too, from which an index is built a chunk at a time. A subset
+model (``subset=``) holds the label state of chosen labels only, whatever split trained them: an export
+worker builds one index shard of a bundle from one.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from xmc import checkpoint as ckpt
 from xmc.data.tokens import load_tokenizer, tokenize_texts
 from xmc.distributed import gather_rows, my_share
 from xmc.experiment import ExperimentConfig
+from xmc.mining.ann import VectorSource, as_source, build_shard_index, index_key
+from xmc.mining.config import AnnConfig
 from xmc.models.config import HeadsConfig
 from xmc.models.encoder import TextEncoder, encode_tokens, precision_dtype, resolve_model_dir
 from xmc.models.label_table import ShardedLabelTable
@@ -52,14 +57,16 @@ class ScoringModel:
     without training positives (``cold_start``) and the fused-score settings (``heads``).
 
     ``label_tokens`` (the label texts, tokenised) are needed for anything label-side; a query tower (a
-    bundle's) has none and only encodes queries.
+    bundle's) has none and only encodes queries. A subset model may be given the tokens of its own labels
+    alone, in ``subset`` order (what an export task reads of a million-label token cache).
     """
 
     def __init__(self, model: XMCModel, *, label_tokens: TokenArrays | None = None,
                  classifier: ShardedLabelTable | None = None, prototypes: LabelPrototypes | None = None,
-                 cold_start: np.ndarray | None = None, max_len: int = 32, batch_size: int = 256,
+                 cold_start: np.ndarray | None = None, max_len: int = 32, label_max_len: int = 0,
+                 batch_size: int = 256,
                  device: torch.device | str = "cpu", dtype: torch.dtype | None = None, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, subset: np.ndarray | None = None, num_labels: int | None = None):
         self.model = model
         self.heads: HeadsConfig = model.config
         self.label_tokens = label_tokens
@@ -67,11 +74,18 @@ class ScoringModel:
         self.prototypes = prototypes
         self.cold_start = np.asarray([] if cold_start is None else cold_start, dtype=np.int64)
         self.max_len, self.batch_size = max_len, batch_size
+        self.label_max_len = label_max_len or max_len  # label texts are cut like the token cache's labels
         self.device, self.dtype = torch.device(device), dtype
         self.rank, self.world_size = rank, world_size
+        self._own_labels = subset  # a subset model's labels (None: the training split, see own_labels)
+        self._num_labels = num_labels
+        # the subset's tokens alone, in subset order (else label_tokens rows are label ids)
+        self._compact_tokens = (subset is not None and label_tokens is not None
+                                and len(label_tokens[1]) == len(subset))
         self._tokenizer = None
         self._label_text: np.ndarray | None = None  # DE embeddings of all label texts, until weights change
         self._own_label_text: np.ndarray | None = None  # the same for the labels this worker holds
+        self._de_index: tuple | None = None  # (index_key, index) of own DE vectors, until weights change
 
     # ------------------------------------------------------------------------------------------------------
     # construction
@@ -79,32 +93,45 @@ class ScoringModel:
     @classmethod
     def build(cls, config: ExperimentConfig, num_labels: int, *, label_tokens: TokenArrays | None = None,
               cold_start: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
-              device: torch.device | str = "cpu") -> ScoringModel:
+              device: torch.device | str = "cpu", subset: np.ndarray | None = None) -> ScoringModel:
         """Fresh modules for ``config``: the pre-trained encoder, new heads, a new table shard and new
-        prototype state (in that order, which fixes what each draws from the seeded RNG)."""
+        prototype state (in that order, which fixes what each draws from the seeded RNG).
+
+        ``subset`` (sorted label ids) makes a subset model of one process: its label state is that of these
+        labels alone, whatever the split of the run that trained it (an export worker building one index
+        shard of a bundle holds the rows of that shard, nothing else).
+        """
         device = torch.device(device)
+        if subset is not None:
+            subset = np.asarray(subset, dtype=np.int64)
+            if world_size != 1:
+                raise ValueError("a subset model belongs to one process (world_size 1)")
         model_dir = resolve_model_dir(config.encoder.model)
         heads = config.model
         model = XMCModel(TextEncoder(model_dir, config.encoder.pooling, config.encoder.group_by_length),
                          heads).to(device)
-        classifier = (ShardedLabelTable(num_labels, model.clf_dim, rank, world_size).to(device)
+        classifier = (ShardedLabelTable(num_labels, model.clf_dim, rank, world_size, owned=subset).to(device)
                       if heads.classifier else None)
         prototypes = None
         if heads.prototypes:
             num_free = heads.free_vectors or LabelPrototypes.default_num_free(num_labels)
-            prototypes = LabelPrototypes(num_labels, model.de_dim, num_free, rank, world_size, device)
+            prototypes = LabelPrototypes(num_labels, model.de_dim, num_free, rank, world_size, device,
+                                         subset=subset)
         return cls(model, label_tokens=label_tokens, classifier=classifier, prototypes=prototypes,
                    cold_start=cold_start, max_len=config.dataset.max_len,
-                   batch_size=config.encoder.batch_size, device=device,
-                   dtype=precision_dtype(config.train.precision, device), rank=rank, world_size=world_size)
+                   label_max_len=config.dataset.label_max_len, batch_size=config.encoder.batch_size,
+                   device=device,
+                   dtype=precision_dtype(config.train.precision, device), rank=rank, world_size=world_size,
+                   subset=subset, num_labels=num_labels)
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike, config: ExperimentConfig, num_labels: int, *,
                         label_tokens: TokenArrays | None = None, cold_start: np.ndarray | None = None,
-                        rank: int = 0, world_size: int = 1, device: torch.device | str | None = None
-                        ) -> ScoringModel:
+                        rank: int = 0, world_size: int = 1, device: torch.device | str | None = None,
+                        subset: np.ndarray | None = None) -> ScoringModel:
         """The model of a training checkpoint, in eval mode: it reads the model weights, this worker's rows
-        of the classifier and prototype shards and the label-level state, never optimizer or loop state.
+        of the classifier and prototype shards (those of the labels ``subset`` for a subset model, see
+        :meth:`build`) and the label-level state, never optimizer or loop state.
 
         ``cold_start`` defaults to what the checkpoint recorded; a checkpoint that recorded none (an
         older layout) needs it given.
@@ -118,7 +145,7 @@ class ScoringModel:
                                  "pass them")
             cold_start = labels["cold_start"]
         scoring = cls.build(config, num_labels, label_tokens=label_tokens, cold_start=cold_start, rank=rank,
-                            world_size=world_size, device=device)
+                            world_size=world_size, device=device, subset=subset)
         scoring.load_checkpoint_weights(directory, labels)
         scoring.model.eval()
         return scoring
@@ -140,11 +167,6 @@ class ScoringModel:
         the optimizer moments); returns what was read, per table, so no shard is read twice.
         """
         self.model.load_state_dict(ckpt.load_state(directory, ckpt.MODEL))
-        read = {}
-        for name, table in self.label_tables().items():
-            read[name] = ckpt.read_rows(directory, name, keys, table.num_labels, table.owned)
-            with torch.no_grad():
-                table.rows.weight.copy_(read[name]["weight"].to(self.device))
         if self.prototypes is not None:
             if labels is None:
                 labels = (ckpt.load_state(directory, ckpt.LABELS) if ckpt.has_state(directory, ckpt.LABELS)
@@ -152,9 +174,18 @@ class ScoringModel:
             if "free_of" not in labels:  # an older layout kept it with the loop state
                 labels = ckpt.load_state(directory, ckpt.LOOP)
             self.prototypes.free_of = labels["free_of"]
+            if self._own_labels is not None:  # a subset model reads the free vectors of its labels' clusters
+                self.prototypes.hold_free_vectors_of(self._own_labels)
+        read = {}
+        for name, table in self.label_tables().items():
+            # into the table's own rows, so they are never held twice
+            read[name] = ckpt.read_rows(directory, name, keys, table.num_labels, table.owned,
+                                        into={"weight": table.rows.weight.data})
+        if self.prototypes is not None:
             centroids = self.prototypes.centroids
-            rows = ckpt.read_rows(directory, "centroids", ("rows",), self.num_labels, centroids.owned)
-            centroids.rows = rows["rows"].to(self.device)
+            rows = ckpt.read_rows(directory, "centroids", ("rows",), self.num_labels, centroids.owned,
+                                  into={"rows": centroids.rows})
+            centroids.rows = rows["rows"]
         self.weights_changed()
         return read
 
@@ -170,6 +201,8 @@ class ScoringModel:
 
     @property
     def num_labels(self) -> int:
+        if self._num_labels is not None:
+            return self._num_labels
         if self.label_tokens is not None:
             return len(self.label_tokens[1])
         if self.classifier is not None:
@@ -193,7 +226,9 @@ class ScoringModel:
     @property
     def own_labels(self) -> np.ndarray:
         """The labels this worker holds: ``l % world_size == rank``, the split of the classifier table and
-        the label centroids, so their rows are at hand."""
+        the label centroids, so their rows are at hand (a subset model: its ``subset``)."""
+        if self._own_labels is not None:
+            return self._own_labels
         return np.arange(self.rank, self.num_labels, self.world_size, dtype=np.int64)
 
     # ------------------------------------------------------------------------------------------------------
@@ -211,13 +246,24 @@ class ScoringModel:
 
     def weights_changed(self) -> None:
         """Forget encodings of the previous weights (the trainer calls this after every optimizer step)."""
-        self._label_text = self._own_label_text = None
+        self.release_label_vectors()
 
-    def tokens(self, texts: Sequence[str]) -> TokenArrays:
-        """Tokenise like the training token cache: same tokenizer, truncated at ``max_len``."""
+    def release_label_vectors(self) -> None:
+        """Free the label encodings and the label index kept for reuse (the trainer does before a
+        checkpoint, which then holds the table state and nothing more)."""
+        self._label_text = self._own_label_text = None
+        self._de_index = None
+
+    def prototypes_changed(self) -> None:
+        """Forget the index of the DE-side label vectors (PRIME's prototypes move with their centroids)."""
+        self._de_index = None
+
+    def tokens(self, texts: Sequence[str], labels: bool = False) -> TokenArrays:
+        """Tokenise like the training token cache: same tokenizer, truncated at ``max_len`` (label texts:
+        ``label_max_len``)."""
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.model.encoder.model_dir)
-        return tokenize_texts(self._tokenizer, list(texts), self.max_len)
+        return tokenize_texts(self._tokenizer, list(texts), self.label_max_len if labels else self.max_len)
 
     def encode(self, embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tokens: TokenArrays,
                rows: np.ndarray | None = None) -> np.ndarray:
@@ -270,6 +316,13 @@ class ScoringModel:
             raise ValueError("this model has no label texts (a query tower): it cannot encode labels")
         return self.label_tokens
 
+    def _token_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows of :attr:`label_tokens` of label ``ids`` (the ids themselves, but for a subset model given
+        its own labels' tokens only)."""
+        if not self._compact_tokens:
+            return ids
+        return np.searchsorted(self._own_labels, ids)
+
     def _ids(self, rows: np.ndarray | None) -> np.ndarray:
         return np.arange(self.num_labels) if rows is None else np.asarray(rows, dtype=np.int64)
 
@@ -299,7 +352,7 @@ class ScoringModel:
         head (what ``clf_untrained: label_text`` gives a label without training data), plus the cold-start
         offset. With prototypes the DE side is the text embedding too: a new label has no free-vector
         cluster and no training queries to make a prototype from."""
-        tokens = self.tokens(texts)
+        tokens = self.tokens(texts, labels=True)
         de = self.encode(self.model.embed_de, tokens)
         clf = self.encode(self.model.embed_clf, tokens) if self.has_classifier else None
         return fusion.fold_labels(de, clf, np.arange(len(texts)), self.heads.de_weight,
@@ -330,7 +383,7 @@ class ScoringModel:
         if self.heads.clf_untrained == "label_text":
             cold = self._cold_positions(ids)
             if len(cold):
-                rows[cold] = encode(self.model.embed_clf, self._labels(), ids[cold])
+                rows[cold] = encode(self.model.embed_clf, self._labels(), self._token_rows(ids[cold]))
         return rows
 
     def _cold_positions(self, ids: np.ndarray) -> np.ndarray:
@@ -351,13 +404,30 @@ class ScoringModel:
 
     # ------------------------------------------------------------------------------------------------------
     # the labels this worker holds
+    #
+    # Each comes as a VectorSource as well as an array: an index built from a source makes the vectors a
+    # chunk at a time, so the vectors exist once, in the index (xmc.mining.ann.build_index).
 
     def own_label_text_vectors(self) -> np.ndarray:
         """DE embeddings of the texts of :attr:`own_labels` (kept until :meth:`weights_changed`, so an epoch's
-        evaluation and the next epoch's mining encode them once)."""
+        evaluation and the mining after it encode them once)."""
         if self._own_label_text is None:
-            self._own_label_text = self._encode_own(self.model.embed_de, self._labels(), self.own_labels)
+            self._own_label_text = self._encode_own(self.model.embed_de, self._labels(),
+                                                    self._token_rows(self.own_labels))
         return self._own_label_text
+
+    def own_de_source(self, text: np.ndarray | None = None) -> VectorSource:
+        """:meth:`de_label_vectors` of :attr:`own_labels` as a source: label texts through the encoder a
+        chunk at a time (``text``: their embeddings, when at hand). With prototypes their vectors are made
+        whole first, since their inputs come from other workers (a collective)."""
+        if self.prototypes is not None:
+            return VectorSource.of(self.own_de_label_vectors(text))
+        text = self._own_label_text if text is None else text
+        if text is not None:
+            return VectorSource.of(text)
+        rows, tokens = self._token_rows(self.own_labels), self._labels()
+        return VectorSource(len(rows), lambda positions: self._encode_own(self.model.embed_de, tokens,
+                                                                          rows[positions]), self.de_dim)
 
     def own_de_label_vectors(self, text: np.ndarray | None = None) -> np.ndarray:
         """:meth:`de_label_vectors` of :attr:`own_labels` (``text``: their text embeddings, when at hand);
@@ -368,18 +438,62 @@ class ScoringModel:
         free, centroids = self.prototypes.own_inputs()
         return self._prototype_vectors(text, free, centroids)
 
+    def own_de_index(self, config: AnnConfig, seed: int = 0, vectors: np.ndarray | None = None):
+        """The index of this worker's DE-side label vectors (``vectors``: those, when at hand), of the kind
+        ``config`` chooses for all labels (:func:`xmc.mining.ann.build_shard_index`).
+
+        Kept until the weights change, so that the mining refresh right after an evaluation searches the
+        index the evaluation built instead of encoding every label again; a request for another kind of
+        index replaces it.
+        """
+        key = index_key(config, self.num_labels, seed)
+        if self._de_index is not None and self._de_index[0] == key:
+            return self._de_index[1]
+        self._de_index = None  # freed before the next one is built
+        source = self.own_de_source() if vectors is None else VectorSource.of(vectors)
+        index = build_shard_index(source, self.num_labels, config, seed, self.device)
+        self._de_index = (key, index)
+        return index
+
+    def own_classifier_source(self) -> VectorSource | None:
+        """:meth:`own_classifier_vectors` as a source (None without a classifier): the table's rows,
+        normalised a chunk at a time."""
+        if self.classifier is None:
+            return None
+        weight, own = self.classifier.rows.weight, self.own_labels
+
+        def fetch(positions: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                rows = weight[torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(weight.device)]
+                rows = torch.nn.functional.normalize(rows.float(), dim=-1).cpu().numpy()
+            return self._cold_rows_by_text(rows, own[positions], self._encode_own)
+
+        return VectorSource(len(own), fetch, self.classifier.dim)
+
     def own_classifier_vectors(self) -> np.ndarray | None:
         """:meth:`classifier_vectors` of :attr:`own_labels`: this worker's table rows, normalised (cold-start
         labels by their text under ``clf_untrained: label_text``)."""
-        if self.classifier is None:
-            return None
-        with torch.no_grad():
-            rows = torch.nn.functional.normalize(self.classifier.rows.weight.float(), dim=-1).cpu().numpy()
-        return self._cold_rows_by_text(rows, self.own_labels, self._encode_own)
+        source = self.own_classifier_source()
+        return None if source is None else source.fetch(np.arange(source.count))
 
     def own_head_vectors(self) -> HeadVectors:
         """:meth:`head_vectors` of :attr:`own_labels` (a collective with prototypes)."""
         return HeadVectors(self.own_de_label_vectors(), self.own_classifier_vectors())
+
+    def own_label_source(self, de: np.ndarray | VectorSource | None = None) -> VectorSource:
+        """:meth:`own_label_vectors` as a source: each chunk's DE-side vectors (``de``: those of every own
+        label, when at hand, else :meth:`own_de_source`) folded with its classifier rows."""
+        de = self.own_de_source() if de is None else as_source(de)
+        clf = self.own_classifier_source()
+        cold = np.zeros(len(self.own_labels), dtype=bool)
+        cold[self._cold_positions(self.own_labels)] = True
+        de_weight, offset = self.heads.de_weight, self.heads.cold_start_offset
+
+        def fetch(positions: np.ndarray) -> np.ndarray:
+            return fusion.fold_labels(de.fetch(positions), None if clf is None else clf.fetch(positions),
+                                      np.flatnonzero(cold[positions]), de_weight, offset)
+
+        return VectorSource(de.count, fetch, self.dim)
 
     def own_label_vectors(self, heads: HeadVectors | None = None) -> np.ndarray:
         """The folded vectors (:meth:`label_vectors`) of :attr:`own_labels`."""

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -19,6 +20,7 @@ from xmc import checkpoint as ckpt
 from xmc import storage
 from xmc.config import ConfigError, load_config
 from xmc.data.dataset import PreparedDataset
+from xmc.data.lengths import choose_lengths, token_cache
 from xmc.data.split import TrainingSplit
 from xmc.data.tokens import TokenCache
 from xmc.experiment import ExperimentConfig
@@ -49,7 +51,11 @@ class TrainedRun:
             raise ConfigError(f"--run: {config_location} missing; expected a run directory of jobs/train.py")
         config = load_config(ExperimentConfig, base=yaml.safe_load(storage.read_text(config_location)))
         name = ckpt.find_checkpoint(location, checkpoint)
-        return cls(location, name, _local_checkpoint(location, name), config)
+        run = cls(location, name, _local_checkpoint(location, name), config)
+        # lengths a run left to the data (its config.yaml written without the driver): as it chose them
+        model_dir = resolve_model_dir(config.encoder.model)
+        config.dataset, _ = choose_lengths(config.dataset, run.dataset, model_dir)
+        return run
 
     @property
     def name(self) -> str:
@@ -64,19 +70,24 @@ class TrainedRun:
         return TrainingSplit.of(self.dataset, self.config.dataset)
 
     def token_cache(self, progress: bool = False) -> TokenCache:
-        data = self.config.dataset
-        return self.dataset.token_cache(resolve_model_dir(self.config.encoder.model), data.max_len,
-                                        data.query_text, data.label_text, progress=progress)
+        return token_cache(self.dataset, self.config.dataset, resolve_model_dir(self.config.encoder.model),
+                           progress=progress)
 
-    def scoring_model(self, device: torch.device | str | None = None) -> ScoringModel:
-        """The checkpoint's model in this process (one worker), on the GPU when there is one."""
+    def scoring_model(self, device: torch.device | str | None = None,
+                      subset: np.ndarray | None = None) -> ScoringModel:
+        """The checkpoint's model in this process (one worker), on the GPU when there is one; with
+        ``subset`` (label ids) the label state of those labels only (:meth:`ScoringModel.build`)."""
         # a checkpoint records its cold-start labels; for one of an older layout, the run's config and
         # dataset define them
         recorded = ckpt.has_state(self.checkpoint, ckpt.LABELS)
+        tokens = self.token_cache().arrays("labels")
+        if subset is not None:
+            # a copy of the subset's rows: the token cache's pages of every other label are not kept mapped
+            tokens = (np.ascontiguousarray(tokens[0][subset]), tokens[1][subset])
         return ScoringModel.from_checkpoint(
-            self.checkpoint, self.config, self.dataset.num_labels,
-            label_tokens=self.token_cache().arrays("labels"),
-            cold_start=None if recorded else self.split.cold_start_labels(self.dataset), device=device)
+            self.checkpoint, self.config, self.dataset.num_labels, label_tokens=tokens,
+            cold_start=None if recorded else self.split.cold_start_labels(self.dataset), device=device,
+            subset=subset)
 
 
 def _local_checkpoint(location: str, name: str) -> Path:

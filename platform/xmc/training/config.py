@@ -21,6 +21,8 @@ class TrainConfig:
         threads_per_worker: torch and faiss threads per worker (0 = the machine's cores divided among the
             workers); set it when several runs share one machine.
         epochs, batch_size: schedule; ``batch_size`` is global (split across workers).
+        steps: a step budget instead of ``epochs`` (0 = use ``epochs``): the run trains the fewest whole
+            epochs that make this many steps, chosen when it starts and recorded in ``adapted``.
         lr: encoder learning rate; the heads get ``lr × head_lr_multiplier``, the label table
             ``classifier_lr``, prototype free vectors ``prototype_lr``.
         weight_decay: AdamW decay (not on biases and LayerNorm weights).
@@ -31,6 +33,8 @@ class TrainConfig:
         keep_checkpoints: checkpoints kept in the run directory.
         max_failures: worker-group restarts from the last checkpoint before the run fails.
         eval_every: evaluate on the test split every this many epochs (0 = only after the last).
+        calibrate: with a validation hold-out (``dataset.validation_fraction`` > 0), choose the fused-score
+            settings on it when training ends (``jobs/calibrate.py``'s grid; export applies them).
         max_steps_per_epoch: cap on steps per epoch (0 = the whole training set), for smoke runs.
         seed: seeds model init, batch order, pools and dropout.
         progress: progress bars.
@@ -43,6 +47,7 @@ class TrainConfig:
     worker_resources: dict[str, float] = field(default_factory=dict)
     threads_per_worker: int = 0
     epochs: int = 4
+    steps: int = 0
     batch_size: int = 256
     lr: float = 1e-4
     head_lr_multiplier: float = 2.0
@@ -56,6 +61,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 1
     eval_every: int = 1
+    calibrate: bool = True
     max_steps_per_epoch: int = 0
     seed: int = 0
     progress: bool = True
@@ -63,8 +69,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.num_workers < 0:
             raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("train.epochs and train.batch_size must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.steps < 0:
+            raise ValueError("train.epochs and train.batch_size must be >= 1, train.steps >= 0")
         if not 0 < self.gpus_per_worker <= 1:
             raise ValueError(f"train.gpus_per_worker must be in (0, 1] (a worker uses one GPU), "
                              f"got {self.gpus_per_worker}")

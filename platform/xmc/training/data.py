@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmc.data.dataset import PreparedDataset
+from xmc.data.lengths import token_cache
 from xmc.data.split import TrainingSplit
 from xmc.data.tokens import TokenCache
 from xmc.experiment import ExperimentConfig
@@ -28,8 +29,7 @@ class TrainingData:
     def load(cls, config: ExperimentConfig, progress: bool = False) -> TrainingData:
         data = config.dataset
         dataset = PreparedDataset(data.prepared)
-        cache = dataset.token_cache(resolve_model_dir(config.encoder.model), data.max_len, data.query_text,
-                                    data.label_text, progress=progress)
+        cache = token_cache(dataset, data, resolve_model_dir(config.encoder.model), progress=progress)
         split = TrainingSplit.of(dataset, data)
         weights = dataset.inverse_propensity(data.propensity_a, data.propensity_b, split.propensity_rows)
         return cls(dataset, cache, dataset.label_matrix("train"), split, weights,

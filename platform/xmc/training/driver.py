@@ -9,34 +9,31 @@ Three layers, as Ray's Train+Tune guide prescribes: a Tune trial (or ``jobs/trai
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 
 from xmc import storage
+from xmc.cluster import init_ray
 from xmc.config import ConfigError, dump_yaml, resolve_path, to_dict
 from xmc.data.dataset import PreparedDataset
+from xmc.data.lengths import token_cache
 from xmc.data.prepare import prepare_dataset, read_manifest
 from xmc.experiment import ExperimentConfig
 from xmc.models.config import DEFAULT_MODEL
 from xmc.models.encoder import resolve_model_dir
 from xmc.scoring.run import RUN_CONFIG
-
-#: Environment a locally started Ray hands to its workers (GLOO_SOCKET_IFNAME must be set before the
-#: process group forms, i.e. before any of our code runs in the worker). The AWS variables are how pyarrow
-#: finds credentials and a region for ``s3://`` storage.
-FORWARDED_ENV = ("GLOO_SOCKET_IFNAME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM",
-                 "RAY_USAGE_STATS_ENABLED", "XMC_WORKDIR", "XMC_CACHE",
-                 "XMC_TEST_FAIL_AT_STEP", "XMC_TEST_HANG_AT_STEP", "XMC_TEST_FAIL_MARKER",
-                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
-                 "AWS_REGION", "no_proxy", "http_proxy", "https_proxy")
+from xmc.training.adapt import adapt_to_data
 
 
 def resolve_run(config: ExperimentConfig, default_name: str = "run") -> tuple[ExperimentConfig, str]:
     """A copy of ``config`` whose locations every process reads alike (local paths absolute, URIs as they
     are) and the run's location, ``run.storage/run.name``."""
     config = copy.deepcopy(config)
-    if not config.dataset.prepared:
-        raise ConfigError("dataset.prepared: no prepared dataset directory configured")
+    data = config.dataset
+    if not data.prepared:
+        if not data.source:
+            raise ConfigError("dataset: neither prepared (a prepared dataset) nor source (raw files) is set")
+        # beside the other prepared datasets, named after the raw files
+        data.prepared = storage.join("data", data.name or storage.name(storage.resolve(data.source)))
+    data.name = data.name or storage.name(storage.resolve(data.prepared))
     config.dataset.prepared = storage.resolve(config.dataset.prepared)
     if config.dataset.source:
         config.dataset.source = storage.resolve(config.dataset.source)
@@ -58,38 +55,9 @@ def ensure_prepared(config: ExperimentConfig) -> PreparedDataset:
         prepare_dataset(config.dataset.source, prepared, config.dataset.allow_empty_text)
     dataset = PreparedDataset(prepared)
     if storage.is_local(prepared):
-        data = config.dataset
-        dataset.token_cache(resolve_model_dir(config.encoder.model), data.max_len, data.query_text,
-                            data.label_text, progress=config.train.progress)
+        token_cache(dataset, config.dataset, resolve_model_dir(config.encoder.model),
+                    progress=config.train.progress)
     return dataset
-
-
-def code_runtime_env(*extra_modules: str | os.PathLike) -> dict:
-    """What a cluster that never saw this checkout needs to run the library: the ``xmc`` package itself
-    (and ``extra_modules``, such as the Serve app's package), shipped by Ray's runtime environment; a
-    submitted job's own ``--working-dir`` holds the scripts."""
-    modules = [Path(__file__).resolve().parents[1], *extra_modules]  # platform/xmc first
-    return {"py_modules": [str(module) for module in modules]}
-
-
-def init_ray(address: str = "", extra_modules: tuple = ()) -> None:
-    """Join ``address`` (or $RAY_ADDRESS, set by ``ray job submit``), shipping the library (and
-    ``extra_modules``) to its workers; else start a local Ray on 127.0.0.1."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address, runtime_env=code_runtime_env(*extra_modules), log_to_driver=True)
-        return
-    env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
-    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # the patch echoes every worker print() twice
-    # The dashboard serves the State API that Ray Train's placement-group cleaner polls; it is bound to
-    # 127.0.0.1. Tests switch it off (XMC_RAY_DASHBOARD=0).
-    dashboard = os.environ.get("XMC_RAY_DASHBOARD", "1") != "0"
-    ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", runtime_env={"env_vars": env},
-             log_to_driver=True, _node_ip_address="127.0.0.1")
 
 
 def build_trainer(config: ExperimentConfig, run_location: str, callbacks: list | None = None):
@@ -123,8 +91,28 @@ def write_run_config(config: ExperimentConfig, run_location: str) -> None:
 def run_training(config: ExperimentConfig, default_name: str = "run"):
     """Train (or resume) the run described by ``config``; returns Ray's ``Result`` and the run's location."""
     config, run_location = resolve_run(config, default_name)
-    ensure_prepared(config)
+    config = adapt_to_data(config, ensure_prepared(config))
     write_run_config(config, run_location)
     if config.train.num_workers > 0:
         init_ray(config.run.ray_address)
-    return build_trainer(config, run_location).fit(), run_location
+    result = build_trainer(config, run_location).fit()
+    if config.train.calibrate and config.dataset.validation_fraction > 0:
+        calibrate_after_training(config, run_location)
+    return result, run_location
+
+
+def calibrate_after_training(config: ExperimentConfig, run_location: str) -> dict:
+    """Choose the fused-score settings on the run's validation hold-out (:mod:`xmc.evaluation.calibration`,
+    with its default grid): ``calibration.json``, which export applies, and the choice in config.yaml's
+    ``adapted`` with the validation figure it was chosen by."""
+    from xmc.evaluation.calibration import calibrate_run
+    from xmc.evaluation.config import CalibrateConfig
+
+    record = calibrate_run(run_location, CalibrateConfig())
+    metric = record["metric"]
+    why = (f"chosen on the validation hold-out ({record['validation_points']:,} points, {metric} "
+           f"{record['validation'][metric]:.2f}) after training; calibration.json, which export applies")
+    config.adapted = {**config.adapted, **{f"model.{key}": f"{value}: {why}"
+                                           for key, value in record["selected"].items()}}
+    write_run_config(config, run_location)
+    return record

@@ -1,13 +1,14 @@
 """What each epoch trains on: mined hard-negative shortlists, clusters of similar queries, the batch plan.
 
 Every ``mining.refresh_every`` epochs from ``mining.start_epoch`` the current model re-encodes the training
-queries (each worker a share, then all-gathered: every worker holds all query vectors) and the labels each
-worker holds (:attr:`~xmc.scoring.model.ScoringModel.own_labels`: never all of them), searches every query in
-every worker's label index and merges the per-worker candidates (:func:`~xmc.mining.ann.sharded_topk`) into
-each training query's hard-negative shortlist, and re-clusters the queries into batches of similar ones
-(rank 0, broadcast). Every worker then builds the same batch plan from the same seed. The query side (query
-vectors, shortlists, clusters: O(N)) stays whole on every worker, as the batch plan needs it there; the
-label side (O(L)) is split.
+queries (each worker a share, then all-gathered: every worker holds all query vectors), searches every query
+in every worker's index of the labels it holds (:attr:`~xmc.scoring.model.ScoringModel.own_labels`: never
+all of them) and merges the per-worker candidates (:func:`~xmc.mining.ann.sharded_search`) into each
+training query's hard-negative shortlist, and re-clusters the queries into batches of similar ones (rank 0,
+broadcast). Every worker then builds the same batch plan from the same seed. The query side (query vectors,
+shortlists, clusters: O(N)) stays whole on every worker, as the batch plan needs it there; the label side
+(O(L)) is split. The trainer makes the refresh for an epoch at the end of the one before, right after its
+evaluation, whose label index it searches (:meth:`~xmc.scoring.model.ScoringModel.own_de_index`).
 """
 
 from __future__ import annotations
@@ -34,26 +35,28 @@ class EpochPlanner:
         # [N, shortlist_size] label ids per training query, -1 padded
         self.shortlists: np.ndarray | None = None
         self.clusters: BatchPlan | None = None  # clusters of training rows, one "batch" per cluster
+        self.refreshed_for: int | None = None  # the epoch the shortlists and clusters were made for
 
     def shortlists_for(self, epoch: int) -> np.ndarray | None:
         """The shortlists hard negatives are drawn from in ``epoch`` (none before mining starts)."""
         return self.shortlists if epoch >= self.config.mining.start_epoch else None
 
     def refresh(self, epoch: int) -> None:
-        """Re-encode labels and training queries, recompute shortlists and query clusters."""
+        """Re-encode labels and training queries, recompute shortlists and query clusters for ``epoch``."""
         started = time.time()
         scoring, data, cfg = self.scoring, self.data, self.config.mining
-        text = scoring.own_label_text_vectors()
         queries = scoring.encode(scoring.model.embed_de, data.cache.arrays("train"), data.train_rows)
         if scoring.prototypes is not None and self.config.model.centroid_update == "exact":
+            text = scoring.own_label_text_vectors()
             scoring.prototypes.set_exact_centroids(data.positives[data.train_rows], queries, text)
-        labels = scoring.own_de_label_vectors(text=text)
+            scoring.prototypes_changed()
+        index = scoring.own_de_index(cfg.ann, self.config.train.seed)
         shortlists = np.full((data.positives.shape[0], cfg.shortlist_size), -1, dtype=np.int32)
         shortlists[data.train_rows] = compute_shortlists(
-            queries, labels, data.positives, data.train_rows, cfg.shortlist_size, cfg.ann,
-            label_ids=scoring.own_labels, num_labels=scoring.num_labels, seed=self.config.train.seed,
-            device=scoring.device)
+            queries, index, scoring.own_labels, scoring.num_labels, data.positives, data.train_rows,
+            cfg.shortlist_size, device=scoring.device)
         self.shortlists = shortlists
+        self.refreshed_for = epoch
         rank = scoring.rank
         if cfg.cluster_batches:
             plan = None
@@ -85,9 +88,10 @@ class EpochPlanner:
     def state_dict(self) -> dict:
         return {"clusters": None if self.clusters is None else {"order": self.clusters.order,
                                                                 "offsets": self.clusters.offsets},
-                "shortlists": self.shortlists}
+                "shortlists": self.shortlists, "refreshed_for": self.refreshed_for}
 
     def load_state_dict(self, state: dict) -> None:
         clusters = state["clusters"]
         self.clusters = BatchPlan(clusters["order"], clusters["offsets"]) if clusters else None
         self.shortlists = state["shortlists"]
+        self.refreshed_for = state.get("refreshed_for")  # absent from checkpoints written before it existed

@@ -94,6 +94,21 @@ class RaySession(Session):
                 time.sleep(1)
 
 
+class LocalRaySession(Session):
+    """The loop in Ray Train's local mode (``train.num_workers`` 0: the driver's process, no Ray cluster).
+
+    Ray Train keeps a local-mode checkpoint nowhere, so this session writes checkpoints into the run's
+    storage itself, as the in-process :class:`Session` does, and resumes from the latest one there; the
+    metrics still go to Ray Train, so the job's result reports them.
+    """
+
+    def report(self, metrics: dict, checkpoint: Path | None = None, name: str | None = None) -> None:
+        import ray.train
+
+        super().report(metrics, checkpoint, name)
+        ray.train.report(metrics)
+
+
 def record_placement_group(run_location: str) -> None:
     """Write the id of this worker group's Ray placement group into the run's storage.
 
@@ -124,6 +139,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world = rank_and_world()
     if rank == 0:
         record_placement_group(run_location)
-    trainer = Trainer(config, run_location, RaySession(world))
+    session = (RaySession(world) if config.train.num_workers > 0
+               else LocalRaySession(run_location, keep=config.train.keep_checkpoints))
+    trainer = Trainer(config, run_location, session)
     trainer.fit()
     trainer.reporter.close()

@@ -82,6 +82,13 @@ class RunReporter:
             storage.upload_dir(self._tensorboard_dir, self.file(TENSORBOARD))
         self.plot(history)
 
+    def amend_epoch(self, epoch: int, update: dict) -> None:
+        """Add ``update`` to the history record of ``epoch`` (what is known only after its checkpoint)."""
+        if not self.enabled:
+            return
+        history = [{**record, **update} if record["epoch"] == epoch else record for record in self.history()]
+        storage.write_text(self.file(HISTORY), "".join(json.dumps(r) + "\n" for r in history))
+
     def predictions(self, indices: np.ndarray, scores: np.ndarray) -> None:
         """The final fused predictions of the evaluated split (``predictions.npz``)."""
         if self.enabled:
@@ -105,7 +112,8 @@ class RunReporter:
                 if points:
                     axis.plot(*zip(*points), marker="o", label=predictor)
             axis.set(title=f"test {key}", xlabel="epoch")
-            axis.legend()
+            if axis.lines:  # nothing evaluated yet: no legend to draw
+                axis.legend()
         fig.tight_layout()
         image = io.BytesIO()
         fig.savefig(image, format="png", dpi=90)

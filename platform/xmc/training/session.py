@@ -27,8 +27,10 @@ class Session:
     """A loop in this process (one worker). ``checkpoint_root`` (a path or a storage URI) receives the
     checkpoints (None: the run keeps none), and the latest one there is what a new loop resumes from."""
 
-    def __init__(self, checkpoint_root: str | Path | None = None):
+    def __init__(self, checkpoint_root: str | Path | None = None, keep: int | None = None):
+        """``keep``: the checkpoints kept under ``checkpoint_root``, the latest ones (None: all)."""
         self.checkpoint_root = storage.resolve(checkpoint_root) if checkpoint_root is not None else None
+        self.keep = keep
         self.reports: list[tuple[dict, str | None]] = []  # (metrics, checkpoint name) of every report
 
     def device(self, use_gpu: bool) -> torch.device:
@@ -66,6 +68,16 @@ class Session:
                 shutil.copytree(checkpoint, tmp, dirs_exist_ok=True)
         else:  # the loop state goes last: a checkpoint without it is not taken for one
             storage.upload_dir(checkpoint, target, last=(f"{LOOP}.json",))
+        if self.keep:
+            self.prune(self.keep)
+
+    def prune(self, keep: int) -> None:
+        """Delete all but the latest ``keep`` checkpoints under ``checkpoint_root`` (names sort by epoch, then
+        step), once the new one is complete."""
+        names = sorted(name for name in storage.list_dir(self.checkpoint_root)
+                       if name.startswith(CHECKPOINT_PREFIX))
+        for name in names[:-keep]:
+            storage.remove_dir(storage.join(self.checkpoint_root, name))
 
     def progress(self, total: int, desc: str, enabled: bool):
         from tqdm.auto import tqdm

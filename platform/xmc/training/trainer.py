@@ -23,7 +23,6 @@ uninterrupted one does.
 from __future__ import annotations
 
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -32,11 +31,14 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
+from xmc.data.dataset import PreparedDataset
 from xmc.distributed import gather_rows, mean_over_workers, rank_and_world
 from xmc.evaluation.evaluator import evaluate_model
 from xmc.experiment import ExperimentConfig
+from xmc.memory import PhaseMeter
 from xmc.mining.batches import BatchPlan
 from xmc.scoring.model import ScoringModel
+from xmc.training.adapt import adapt_to_data
 from xmc.training.checkpoint import CheckpointManager
 from xmc.training.data import TrainingData
 from xmc.training.epoch_plan import EpochPlanner
@@ -56,11 +58,8 @@ def set_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
-def peak_rss_mib_per_worker(device: torch.device) -> list[float]:
-    """Each worker's peak resident memory so far, in MiB, rank by rank (a collective): what a run at the
-    edge of a machine's memory needs to see, epoch by epoch."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    return [round(float(value), 1) for value in gather_rows(np.array([peak]), device)]
+#: The phases whose time and peak memory every epoch record carries (``history.jsonl`` ``phases``).
+PHASES = ("initialise", "restore", "mining", "steps", "evaluation", "checkpoint")
 
 
 class Trainer:
@@ -69,6 +68,9 @@ class Trainer:
     def __init__(self, config: ExperimentConfig, run_location: str | Path, session: Session | None = None):
         """``run_location``: where the run's files go (a path or a storage URI; checkpoints go through the
         session)."""
+        self.meter = PhaseMeter()  # first: its lifetime peak covers everything the worker loads
+        # the driver has adapted the config already; a loop started without it chooses the same itself
+        config = adapt_to_data(config, PreparedDataset(config.dataset.prepared))
         self.config, self.session = config, session or Session()
         cfg = config.train
         self.rank, self.world = rank_and_world()
@@ -115,7 +117,8 @@ class Trainer:
                 self.session.report(self.reported)
                 return
         else:
-            self.initialise()
+            with self.meter.phase("initialise"):
+                self.initialise()
         while self.epoch < cfg.epochs:
             self.run_epoch()
 
@@ -127,9 +130,12 @@ class Trainer:
             prototypes_from_label_text(self.scoring, self.data, self.config.train.seed)
 
     def start_epoch(self) -> None:
-        self.epoch_started = time.time()  # an epoch's time includes its mining
-        if self.config.mining.refresh_due(self.epoch):
-            self.planner.refresh(self.epoch)
+        self.epoch_started = time.time()
+        # the refresh is normally made at the end of the epoch before (see end_epoch); this one is for the
+        # first epoch, and for a run resumed from a checkpoint written before that refresh
+        if self.config.mining.refresh_due(self.epoch) and self.planner.refreshed_for != self.epoch:
+            with self.meter.phase("mining"):
+                self.planner.refresh(self.epoch)
         self.plan = self.planner.plan(self.epoch)
         self.loss_sum, self.loss_count = 0.0, 0
 
@@ -142,7 +148,8 @@ class Trainer:
         bar.update(self.step_in_epoch)
         while self.step_in_epoch < len(self.plan):
             self.session.before_step(self.global_step)
-            loss = self.train_step(self.plan.batch(self.step_in_epoch))
+            with self.meter.phase("steps"):
+                loss = self.train_step(self.plan.batch(self.step_in_epoch))
             self.step_in_epoch += 1
             self.global_step += 1
             self.loss_sum += loss
@@ -157,14 +164,22 @@ class Trainer:
         self.end_epoch()
 
     def end_epoch(self) -> None:
+        """Evaluate (when due), make the next epoch's mining refresh while the weights are the evaluated ones
+        (the refresh searches the evaluation's label index instead of encoding the labels again, and the
+        checkpoint that follows holds the next epoch's plan, so a resumed run does not mine again), then
+        checkpoint with the metrics."""
         cfg = self.config.train
         mean_loss = self.loss_sum / max(self.loss_count, 1)
-        record = {"epoch": self.epoch + 1, "loss": mean_loss, "steps": self.loss_count,
-                  "seconds": round(time.time() - self.epoch_started, 1),
-                  "peak_rss_mib": peak_rss_mib_per_worker(self.scoring.device)}
+        seconds = round(time.time() - self.epoch_started, 1)
         final = self.epoch + 1 == cfg.epochs
         due = final or (cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0)
         evaluation = self.evaluate(final) if due else None
+        if not final and self.config.mining.refresh_due(self.epoch + 1):
+            with self.meter.phase("mining"):
+                self.planner.refresh(self.epoch + 1)
+        self.scoring.release_label_vectors()  # a checkpoint holds the table state and nothing more
+        record = {"epoch": self.epoch + 1, "loss": mean_loss, "steps": self.loss_count, "seconds": seconds,
+                  **self.phase_record()}
         self.epoch += 1
         self.step_in_epoch = 0
         self.plan = None
@@ -180,6 +195,26 @@ class Trainer:
                 line += f"; {self.config.eval.split} {shown}"
             print(line, flush=True)
         self.save_checkpoint(metrics)
+        # the checkpoint's own cost joins the epoch's record
+        self.reporter.amend_epoch(record["epoch"], self.phase_record(record["phases"]))
+
+    def phase_record(self, earlier: dict | None = None) -> dict:
+        """Each worker's peak memory so far and the time and peak memory of the phases since the last record
+        (``earlier``: phases already recorded for this epoch, kept), rank by rank (a collective): what a run
+        at the edge of a machine's memory needs to see, phase by phase."""
+        mine = self.meter.take()
+        values = np.full((len(PHASES) + 1, 2), np.nan)
+        values[0] = self.meter.lifetime_mib, 0.0
+        for row, name in enumerate(PHASES, start=1):
+            if name in mine:
+                values[row] = mine[name]["peak_rss_mib"], mine[name]["seconds"]
+        gathered = gather_rows(values[None], self.scoring.device)  # [workers, phases + 1, 2]
+        phases = dict(earlier or {})
+        for row, name in enumerate(PHASES, start=1):
+            if not np.isnan(gathered[:, row, 0]).all():
+                phases[name] = {"seconds": round(float(np.nanmax(gathered[:, row, 1])), 1),
+                                "peak_rss_mib": [round(float(v), 1) for v in gathered[:, row, 0]]}
+        return {"peak_rss_mib": [round(float(v), 1) for v in gathered[:, 0, 0]], "phases": phases}
 
     # ------------------------------------------------------------------------------------------------------
     # one step
@@ -219,8 +254,10 @@ class Trainer:
             name, rows = "train", split.validation_rows
         else:
             name, rows = "test", None
-        result = evaluate_model(self.scoring, self.data.dataset, self.data.cache.arrays(name), name, rows,
-                                self.config.eval, self.config.dataset, split.propensity_rows)
+        with self.meter.phase("evaluation"):
+            result = evaluate_model(self.scoring, self.data.dataset, self.data.cache.arrays(name), name, rows,
+                                    self.config.eval, self.config.dataset, split.propensity_rows,
+                                    seed=self.config.train.seed)
         if result is None:
             return None
         metrics, fused = result
@@ -249,7 +286,7 @@ class Trainer:
     def save_checkpoint(self, metrics: dict) -> None:
         """Write a checkpoint of the current state and report it with ``metrics``."""
         self.reported = metrics
-        with tempfile.TemporaryDirectory(prefix="xmc-ckpt-") as tmp:
+        with self.meter.phase("checkpoint"), tempfile.TemporaryDirectory(prefix="xmc-ckpt-") as tmp:
             self.checkpoints.save(tmp, self.state_dict())
             self.session.report(metrics, Path(tmp),
                                 f"checkpoint_epoch{self.epoch:03d}_step{self.global_step:07d}")
@@ -263,5 +300,6 @@ class Trainer:
         with self.session.latest_checkpoint() as directory:
             if directory is None:
                 return False
-            self.restore(directory)
+            with self.meter.phase("restore"):
+                self.restore(directory)
             return True

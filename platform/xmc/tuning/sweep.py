@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from xmc import storage
+from xmc.cluster import init_ray
 from xmc.config import ConfigError, dump_yaml, load_config, resolve_path, to_dict
 from xmc.experiment import ExperimentConfig
 from xmc.training.driver import (
     build_trainer,
     ensure_prepared,
-    init_ray,
     resolve_run,
     run_training,
     write_run_config,
