@@ -2,9 +2,10 @@
 each training phase's label state per worker within its ideal (a regression to gathering every label's
 vectors on every worker doubles it at two workers, and fails here).
 
-Chunks of 1 MiB (``XMC_CHUNK_BYTES``) keep what is made at once far smaller than a worker's labels, so the
+Chunks of 4 MiB (``XMC_CHUNK_BYTES``) keep what is made at once far smaller than a worker's labels, so the
 growth between the two label counts is the label state itself, as it is at a million labels with the default
-chunks.
+chunks. The label counts are large enough that a label-sized copy stands out of the noise of the encoder's
+batch temporaries, whose peak varies by a few MiB from one run to the next.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from conftest import LOOPBACK_ENV, REPO
 
 pytestmark = pytest.mark.integration
 
-#: Allowed measured/ideal label state per phase: the benchmark's target of 1.2, with room for what a peak
-#: at forty thousand labels still holds beside them (the encoder's batch, faiss's search buffers).
-TOLERANCE = 1.3
+#: Allowed measured/ideal label state per phase: the benchmark's target of 1.2, with room for the noise of a
+#: peak at a hundred thousand labels; one gathered copy of every label's vector would add 1536 bytes a label,
+#: a ratio of at least 1.33 in the phase that holds the most (evaluation).
+TOLERANCE = 1.25
 
 
 def test_two_workers_hold_half_of_the_label_state_in_every_training_phase(tmp_path):
-    env = {**os.environ, **LOOPBACK_ENV, "XMC_CHUNK_BYTES": str(1 << 20)}
-    command = [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--labels", "48000",
-               "--baseline-labels", "8000", "--queries", "1000", "--workers", "2", "--steps", "1",
+    env = {**os.environ, **LOOPBACK_ENV, "XMC_CHUNK_BYTES": str(4 << 20)}
+    command = [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--labels", "100000",
+               "--baseline-labels", "10000", "--queries", "1000", "--workers", "2", "--steps", "1",
                "--shards", "2", "--serve-queries", "0", "--skip-resume", "--skip-export",
                "--work", str(tmp_path), "--out", str(tmp_path / "report.json")]
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from xmc import storage
 from xmc.config import ConfigError
 from xmc.io import atomic_path
+from xmc.memory import release_freed_memory
 
 CHECKPOINT_PREFIX = "checkpoint_"
 MODEL, OPTIMIZER, LOOP, LABELS = "model", "optimizer", "trainer", "labels"
@@ -194,6 +195,8 @@ def read_rows(directory: str | os.PathLike, part: str, keys: tuple[str, ...], nu
                     block = values[int(chunk[0]):int(chunk[-1]) + 1].float()
                     picked = block[torch.from_numpy(chunk - chunk[0])]
                     out[key][torch.from_numpy(target[chunk])] = picked.to(out[key].device)
+                    del block, picked
+                    release_freed_memory()  # else the heap keeps every window's freed block (xmc.memory)
         found[target[rows]] = True
     if not found.all():
         raise ValueError(f"{directory}: the {part} shards miss {int((~found).sum())} of this worker's rows")

@@ -6,11 +6,20 @@ high-water mark per process (``VmHWM``), and writing ``5`` to ``/proc/self/clear
 current resident size, so a phase's peak is the mark read at its end after a reset at its start. Where that
 is not possible (not Linux, or a kernel that refuses), every phase reports the lifetime peak so far, which is
 an upper bound.
+
+Memory a phase frees is not always handed back: glibc keeps freed blocks in its heap for reuse (its mmap
+threshold grows with the largest block freed, so large temporaries land in the heap too). Resident memory
+then carries what earlier phases freed, and a phase's peak would include it; so each phase starts by handing
+freed memory back to the operating system (``malloc_trim``), which also leaves it to the other processes of
+the node.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import resource
 import time
 from collections.abc import Iterator
@@ -28,6 +37,22 @@ def _status_kib(field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand memory the C library holds freed back to the operating system (a no-op where it cannot)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def resident_mib() -> float:
@@ -65,6 +90,7 @@ class PhaseMeter:
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         self.lifetime_mib = max(self.lifetime_mib, self._mark())
+        release_freed_memory()
         if self.resettable:
             self._reset()
         started = time.perf_counter()

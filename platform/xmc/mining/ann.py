@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xmc.distributed import gather_rows, rank_and_world
+from xmc.memory import release_freed_memory
 from xmc.mining.config import AnnConfig
 
 #: Bytes of label vectors produced at once while an index is built from a :class:`VectorSource` (bounds
@@ -65,6 +66,9 @@ class VectorSource:
             chunk = np.ascontiguousarray(self.fetch(np.arange(start, min(start + rows, self.count))),
                                          dtype=np.float32)
             yield chunk
+            # the chunk is consumed: hand back what making it freed, or the C library's heap grows with the
+            # number of chunks and the peak with the number of labels (xmc.memory)
+            release_freed_memory()
             start += len(chunk)
             rows = self.chunk_rows(chunk.shape[1])
 

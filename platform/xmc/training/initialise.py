@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from xmc.distributed import broadcast_array, gather_rows_to_first, scatter_rows
+from xmc.memory import release_freed_memory
 from xmc.mining.ann import CHUNK_BYTES
 from xmc.mining.clustering import balanced_clusters
 from xmc.models.encoder import encode_tokens
@@ -27,6 +28,7 @@ def classifier_from_label_text(scoring: ScoringModel) -> None:
                                  device=scoring.device, dtype=scoring.dtype,
                                  rows=table.owned[start:start + chunk], progress=False)
         table.rows.weight[start:start + chunk] = torch.from_numpy(rows).to(scoring.device)
+        release_freed_memory()  # else the heap keeps each chunk's freed temporaries (xmc.memory)
 
 
 def prototypes_from_label_text(scoring: ScoringModel, data: TrainingData, seed: int) -> None:
