@@ -5,7 +5,7 @@ vectors on every worker doubles it at two workers, and fails here).
 Chunks of 4 MiB (``XMC_CHUNK_BYTES``) keep what is made at once far smaller than a worker's labels, so the
 growth between the two label counts is the label state itself, as it is at a million labels with the default
 chunks. The label counts are large enough that a label-sized copy stands out of the noise of the encoder's
-batch temporaries, whose peak varies by a few MiB from one run to the next.
+batch temporaries, whose peak varies by tens of MiB from one run to the next.
 """
 
 from __future__ import annotations
