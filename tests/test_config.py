@@ -128,3 +128,13 @@ def test_several_workers_never_share_a_gpu_and_custom_resources_reach_ray(tmp_pa
                                                   f"run.storage={tmp_path}"])
     scaling = build_trainer(config, str(tmp_path / "placed")).scaling_config
     assert scaling.resources_per_worker == {"CPU": 0.99, "trainer": 1.0}
+
+
+def test_a_section_set_in_part_keeps_the_rest_of_its_own_default():
+    from xmc.index.config import ExportConfig
+
+    # the export's index defaults differ from AnnConfig's (HNSW above 50K labels, not IVF above 1M): setting
+    # one knob of it must not bring the others back to AnnConfig's
+    config = load_config(ExportConfig, overrides=["ann.hnsw_ef_search=128"])
+    assert (config.ann.hnsw_ef_search, config.ann.exact_below, config.ann.large_kind) == (128, 50_000, "hnsw")
+    assert load_config(ExportConfig, overrides=["ann.large_kind=ivf"]).ann.exact_below == 50_000

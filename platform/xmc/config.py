@@ -195,6 +195,12 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         raise ConfigError(f"unknown config key {names} (known keys in {where}: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, value in data.items():
+        factory = fields[name].default_factory
+        given_in_part = isinstance(value, dict) and dataclasses.is_dataclass(hints[name])
+        if given_in_part and factory is not dataclasses.MISSING:
+            # a section given in part keeps the rest of its default, which may differ from its class's
+            # own defaults (the export's index section)
+            value = deep_merge(to_dict(factory()), value)
         kwargs[name] = _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
     try:
         obj = cls(**kwargs)
