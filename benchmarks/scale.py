@@ -403,6 +403,7 @@ def main() -> int:
 
     if args.serve_only:
         result = serve(*args.serve_only, args.serve_queries, shards_per_replica=args.shards_per_replica)
+        write_json(args.out, result)
         print(json.dumps(result, indent=1))
         return 0
     encoder = args.work / f"encoder-{WIDTH}"

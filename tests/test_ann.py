@@ -108,6 +108,19 @@ def test_workers_that_each_index_their_labels_find_the_top_k_of_all(cooking_vect
     assert all(np.array_equal(a, b) for a, b in zip(alone, reference))  # one worker: the plain search
 
 
+def counted_source(vectors: np.ndarray):
+    """A :class:`VectorSource` of ``vectors`` and the list of how many vectors each of its fetches made."""
+    from xmc.mining.ann import VectorSource
+
+    asked: list[int] = []
+
+    def fetch(positions: np.ndarray) -> np.ndarray:
+        asked.append(len(positions))
+        return vectors[positions]
+
+    return VectorSource(len(vectors), fetch), asked
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_an_index_built_a_chunk_at_a_time_is_the_index_of_the_whole_array(cooking_vectors, kind, monkeypatch):
     """A source's vectors are made and added in chunks (here of 100 vectors, so the last one is short) and
@@ -118,21 +131,16 @@ def test_an_index_built_a_chunk_at_a_time_is_the_index_of_the_whole_array(cookin
 
     queries, labels = cooking_vectors
     monkeypatch.setattr(ann, "CHUNK_BYTES", 100 * labels.shape[1] * 4)
-    asked: list[int] = []
-
-    def fetch(positions: np.ndarray) -> np.ndarray:
-        asked.append(len(positions))
-        return labels[positions]
-
+    source, asked = counted_source(labels)
     config = AnnConfig(kind=kind, ivf_lists=8, ivf_nprobe=2, ivf_train_per_list=40)
     digest = hashlib.sha256()
-    chunked = build_index(ann.VectorSource(len(labels), fetch), config, digest=digest)
+    chunked = build_index(source, config, digest=digest)
     whole = build_index(labels, config)
     assert chunked.ntotal == whole.ntotal == len(labels)
+    made = asked[1:] if kind == "ivf" else asked
     if kind == "ivf":  # the training sample first (8 lists x 40 points), then the vectors for the lists
         assert asked[0] == 320
-        asked = asked[1:]
-    assert max(asked) == 100 and sum(asked) == len(labels)  # every vector made once, 100 at a time
+    assert max(made) == 100 and sum(made) == len(labels)  # every vector made once, 100 at a time
     if kind == "flat":  # the code store was given its final size up front, not grown chunk by chunk
         assert chunked.codes.size() == len(labels) * labels.shape[1] * 4
     assert digest.hexdigest() == hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()
@@ -141,6 +149,50 @@ def test_an_index_built_a_chunk_at_a_time_is_the_index_of_the_whole_array(cookin
         assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, expected)]) > 0.97
     else:
         assert_same_topk(search(chunked, queries, 10), search(whole, queries, 10))
+
+
+def test_an_ivf_trains_on_at_most_half_the_vectors_so_no_second_copy_is_made(cooking_vectors, monkeypatch):
+    """With lists x 256 training points above the count, the sample is half the vectors (not all of them,
+    which would be held beside the index as it fills); every vector is then made again, chunk by chunk."""
+    from xmc.mining import ann
+
+    queries, labels = cooking_vectors
+    monkeypatch.setattr(ann, "CHUNK_BYTES", 100 * labels.shape[1] * 4)
+    source, asked = counted_source(labels)
+    config = AnnConfig(kind="ivf", ivf_lists=8, ivf_nprobe=8)  # 8 x 256 points asked for: more than 736
+    index = build_index(source, config)
+    assert asked[0] == len(labels) // 2 and max(asked[1:]) == 100 and sum(asked[1:]) == len(labels)
+    exact = build_index(labels, AnnConfig(kind="flat"))
+    assert_same_topk(search(index, queries, 10), search(exact, queries, 10))
+
+
+def test_an_hnsw_index_filled_chunk_by_chunk_never_regrows_its_arrays(cooking_vectors):
+    """Its codes and graph arrays get their final capacity before the first vector: a regrowth would hold
+    the old and the new buffer at once, a transient second copy of the shard's graph (and vectors)."""
+    import faiss
+
+    from xmc.mining import ann
+
+    _, labels = cooking_vectors
+    vectors = np.tile(labels, (30, 1)) + np.float32(0.01) * np.random.default_rng(0).standard_normal(
+        (30 * len(labels), labels.shape[1]), dtype=np.float32)  # 22K vectors: many levels' worth of nodes
+    index = faiss.IndexHNSWFlat(labels.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
+    ann._reserve_hnsw(index, len(vectors), labels.shape[1], 16)
+    hnsw, codes = index.hnsw, faiss.downcast_index(index.storage).codes
+
+    def buffers() -> tuple[int, ...]:
+        return tuple(int(array.data()) for array in (hnsw.neighbors, hnsw.levels, hnsw.offsets, codes))
+
+    before = buffers()
+    for start in range(0, len(vectors), 1000):
+        index.add(vectors[start:start + 1000])
+    assert buffers() == before and index.ntotal == len(vectors)
+    unreserved = faiss.IndexHNSWFlat(labels.shape[1], 16, faiss.METRIC_INNER_PRODUCT)
+    hnsw, codes = unreserved.hnsw, faiss.downcast_index(unreserved.storage).codes
+    unreserved.add(vectors[:1000])
+    before = buffers()
+    unreserved.add(vectors[1000:5000])
+    assert buffers() != before  # what the reservation prevents: the test can tell
 
 
 def test_stacked_sources_answer_positions_across_them(cooking_vectors):

@@ -12,6 +12,7 @@ import torch
 from xmc import checkpoint as ckpt
 from xmc.config import load_config
 from xmc.experiment import ExperimentConfig
+from xmc.memory import PhaseMeter, resident_mib
 from xmc.models.label_table import ShardedLabelTable
 from xmc.training.driver import resolve_run
 from xmc.training.session import Session
@@ -67,6 +68,33 @@ def test_label_shards_are_re_split_for_any_number_of_workers(tmp_path, monkeypat
     (tmp_path / "table-rank0001.json").unlink()
     with pytest.raises(ValueError, match="miss 5 of this worker's rows"):
         ckpt.read_rows(tmp_path, "table", ("weight",), 11, np.arange(11))
+    table = ShardedLabelTable(11, 4, 1, 2, initial=rows.numpy())  # rank 1 again, without its moments
+    ckpt.save_state(tmp_path, ckpt.shard_name("table", 1),
+                    {"owned": table.owned, "weight": rows[table.owned]})
+    with pytest.raises(ValueError, match="hold no exp_avg for 5"):  # never rows of uninitialised memory
+        ckpt.read_rows(tmp_path, "table", ("weight", "exp_avg"), 11, np.arange(11))
+
+
+def test_reading_some_rows_of_a_large_shard_holds_a_window_not_the_saved_tensor(tmp_path, monkeypatch):
+    """A worker that owns a quarter of a saved shard's rows (spread over all of it) holds those rows and one
+    window at a time, not the whole saved tensor: a restore or an export task reads only its own rows."""
+    meter = PhaseMeter()
+    if not meter.resettable:
+        pytest.skip("this kernel does not let a process reset its peak memory mark")
+    monkeypatch.setattr(ckpt, "READ_CHUNK_BYTES", 1 << 20)
+    num_rows, width = 160_000, 384  # a saved tensor of 234 MiB
+    weight = torch.randn(num_rows, width)
+    ckpt.save_state(tmp_path, ckpt.shard_name("table", 0), {"owned": np.arange(num_rows), "weight": weight})
+    owned = np.arange(1, num_rows, 4)
+    expected = weight[torch.from_numpy(owned)]
+    saved_mib = weight.numel() * 4 / 2**20
+    del weight
+    with meter.phase("read"):
+        base = resident_mib()
+        mine = ckpt.read_rows(tmp_path, "table", ("weight",), num_rows, owned)["weight"]
+    assert torch.equal(mine, expected)
+    grew = meter.take()["read"]["peak_rss_mib"] - base
+    assert grew < saved_mib / 4 + 32, (grew, saved_mib)  # its quarter and a window, give or take
 
 
 class Crash(Exception):

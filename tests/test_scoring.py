@@ -216,21 +216,22 @@ def test_the_labels_one_worker_of_two_holds_are_those_rows_of_all(trained, resto
 
 
 def test_a_subset_model_holds_only_its_labels_and_scores_them_like_the_whole(restored):
-    """What an export worker building one index shard loads: the checkpoint's rows of that shard's labels and
-    nothing else of the label state, and its labels' vectors are those rows of the whole model's."""
+    """What an export worker building one index shard loads: nothing of the label state but its labels'
+    tokens (the classifier rows of that shard's labels are read from the checkpoint as its vectors are made),
+    and its labels' vectors are those rows of the whole model's."""
     run, scoring, _ = restored
     rows = np.arange(1, scoring.num_labels, 3)
     scoring.heads.clf_untrained, scoring.heads.cold_start_offset = "label_text", 0.25  # run.config.model too
     try:
         subset = run.scoring_model(device="cpu", subset=rows)
         assert subset.heads is scoring.heads and len(np.intersect1d(rows, scoring.cold_start)) >= 1
-        assert np.array_equal(subset.own_labels, rows) and subset.classifier.rows.weight.shape[0] == len(rows)
+        assert np.array_equal(subset.own_labels, rows) and subset.classifier.rows.weight.shape[0] == 0
         whole = scoring.label_vectors()[rows]
         np.testing.assert_allclose(subset.own_label_vectors(), whole, atol=1e-5)
         source = subset.own_label_source()  # what the shard's index is built from, a chunk at a time
         np.testing.assert_allclose(source.fetch(np.arange(5, 60)), whole[5:60], atol=1e-5)
-        with pytest.raises(KeyError, match="does not hold"):
-            subset.classifier.local_rows(np.array([0]))  # label 0 is not one of the subset's
+        with pytest.raises(ValueError, match="own_classifier_vectors"):
+            subset.classifier_vectors()  # every label's rows: not what a subset model has
     finally:
         scoring.heads.clf_untrained, scoring.heads.cold_start_offset = "table", 0.0
 

@@ -167,40 +167,65 @@ def read_rows(directory: str | os.PathLike, part: str, keys: tuple[str, ...], nu
     position = np.full(num_rows, -1, dtype=np.int64)
     position[owned] = np.arange(len(owned))
     out: dict[str, torch.Tensor] = {}
-    found = np.zeros(len(owned), dtype=bool)
+    held = np.zeros(len(owned), dtype=bool)  # rows some saved shard holds
+    found = {key: np.zeros(len(owned), dtype=bool) for key in keys}  # and those it holds a key's value of
     for path in paths:
         entries = dict(json.loads(path.read_text(encoding="utf-8"))["__dict__"])
-        with safe_open(str(path.with_suffix(".safetensors")), framework="pt", backend="pread") as handle:
+        tensors = str(path.with_suffix(".safetensors"))
+        with safe_open(tensors, framework="pt") as handle:
             saved = handle.get_tensor(_tensor_name(entries["owned"])).numpy()
-            target = position[saved]
-            rows = np.flatnonzero(target >= 0)  # positions in this shard of rows the reader owns
             if "step" in entries:
                 step = entries["step"]
                 out["step"] = handle.get_tensor(_tensor_name(step)) if isinstance(step, dict) else step
-            for key in keys:
-                if key not in entries or not len(rows):
+            shapes = {key: handle.get_slice(_tensor_name(entries[key])).get_shape() for key in keys
+                      if key in entries}
+        target = position[saved]
+        rows = np.flatnonzero(target >= 0)  # positions in this shard of rows the reader owns
+        held[target[rows]] = True
+        for key, shape in shapes.items() if len(rows) else ():
+            width = int(shape[1])
+            if key not in out:
+                out[key] = (into or {}).get(key)
+                if out[key] is None:
+                    out[key] = torch.empty(len(owned), width)
+                if tuple(out[key].shape) != (len(owned), width):
+                    raise ValueError(f"{path}: {key} rows are {width} wide, expected {tuple(out[key].shape)}")
+            # windows of consecutive saved rows, so a read is bounded whatever the stride of the owned rows
+            window = max(1, READ_CHUNK_BYTES // (width * 4))
+            for start in range(int(rows[0]) // window * window, int(rows[-1]) + 1, window):
+                chunk = rows[np.searchsorted(rows, start):np.searchsorted(rows, start + window)]
+                if not len(chunk):
                     continue
-                values = handle.get_slice(_tensor_name(entries[key]))
-                width = int(values.get_shape()[1])
-                if key not in out:
-                    out[key] = (into or {}).get(key)
-                    if out[key] is None:
-                        out[key] = torch.empty(len(owned), width)
-                    if tuple(out[key].shape) != (len(owned), width):
-                        raise ValueError(f"{path}: {key} rows are {width} wide, expected "
-                                         f"{tuple(out[key].shape)}")
-                window = max(1, READ_CHUNK_BYTES // (width * 4))
-                for start in range(0, len(rows), window):
-                    chunk = rows[start:start + window]
-                    block = values[int(chunk[0]):int(chunk[-1]) + 1].float()
-                    picked = block[torch.from_numpy(chunk - chunk[0])]
-                    out[key][torch.from_numpy(target[chunk])] = picked.to(out[key].device)
-                    del block, picked
-                    release_freed_memory()  # else the heap keeps every window's freed block (xmc.memory)
-        found[target[rows]] = True
-    if not found.all():
-        raise ValueError(f"{directory}: the {part} shards miss {int((~found).sum())} of this worker's rows")
+                # Opened per window: a slice of a memory-mapped file reads only its own pages, which the
+                # close unmaps (held open, every page read stays resident; the pread backend reads the
+                # whole tensor for any slice).
+                with safe_open(tensors, framework="pt") as handle:
+                    block = handle.get_slice(_tensor_name(entries[key]))[int(chunk[0]):int(chunk[-1]) + 1]
+                picked = block.float()[torch.from_numpy(chunk - chunk[0])]
+                out[key][torch.from_numpy(target[chunk])] = picked.to(out[key].device)
+                del block, picked
+                release_freed_memory()  # else the heap keeps every window's freed block (xmc.memory)
+            found[key][target[rows]] = True
+    if not held.all():
+        raise ValueError(f"{directory}: the {part} shards miss {int((~held).sum())} of this worker's rows")
+    for key, got in found.items():  # a key no shard saved (moments of a table never stepped) is absent
+        if key in out and not got.all():
+            raise ValueError(f"{directory}: the {part} shards hold no {key} for {int((~got).sum())} of this "
+                             "worker's rows")
     return out
+
+
+class StoredRows:
+    """Rows of a sharded part, read from the checkpoint when asked (:func:`read_rows`, a window at a time)
+    instead of held: a reader that needs each row once, such as an export task folding its labels'
+    classifier rows into an index a chunk at a time, then never holds them beside what it builds."""
+
+    def __init__(self, directory: str | os.PathLike, part: str, num_rows: int, key: str = "weight"):
+        self.directory, self.part, self.num_rows, self.key = Path(directory), part, num_rows, key
+
+    def __call__(self, ids: np.ndarray) -> torch.Tensor:
+        """The float32 rows of ``ids``, in that order."""
+        return read_rows(self.directory, self.part, (self.key,), self.num_rows, ids)[self.key]
 
 
 def _tensor_name(entry: dict) -> str:

@@ -155,11 +155,26 @@ class TorchFlatIndex:
         return scores, ids
 
 
-def _reserve(codes, nbytes: int) -> None:
-    """Give a flat code store its final capacity before vectors are added chunk by chunk: faiss grows it
-    like a ``std::vector`` otherwise, and each regrowth holds the old and the new buffer at once."""
-    codes.resize(nbytes)
-    codes.resize(0)  # the size goes back to 0, the capacity stays
+def _reserve(store, size: int, keep: int = 0) -> None:
+    """Give a faiss vector (a flat code store, an HNSW graph's arrays) its final capacity before vectors are
+    added chunk by chunk: faiss grows it like a ``std::vector`` otherwise, and each regrowth holds the old
+    and the new buffer at once. ``keep``: the size it has now and goes back to."""
+    store.resize(size)
+    store.resize(keep)  # the size goes back, the capacity stays
+
+
+def _reserve_hnsw(index, n: int, dim: int, m: int) -> None:
+    """Capacity for ``n`` vectors in an HNSW index of degree ``m``: their codes, and the graph's links. A node
+    on level l holds 2m links on level 0 and m on each level above; faiss draws level l with probability
+    m^-l(1-1/m), so a node holds 2m + m/(m-1) links on average. The 1% margin is hundreds of standard
+    deviations of the total at any n, so the graph never regrows."""
+    import faiss
+
+    _reserve(faiss.downcast_index(index.storage).codes, n * dim * 4)
+    hnsw = index.hnsw
+    _reserve(hnsw.neighbors, int(n * (2 * m + m / (m - 1)) * 1.01) + 128 * m, hnsw.neighbors.size())
+    _reserve(hnsw.levels, n, hnsw.levels.size())
+    _reserve(hnsw.offsets, n + 1, hnsw.offsets.size())
 
 
 def build_index(vectors: np.ndarray | VectorSource, config: AnnConfig | None = None, seed: int = 0,
@@ -184,10 +199,13 @@ def build_index(vectors: np.ndarray | VectorSource, config: AnnConfig | None = N
     if kind == "ivf":
         lists = config.ivf_lists or int(4 * math.sqrt(n))
         lists = max(1, min(lists, n // 39))
+        # faiss trains on at most 256 points a list anyway and needs 39; and at most half the vectors, or
+        # the sample would be a second whole copy of them beside the index being filled (a large index
+        # makes its vectors again, a chunk at a time, to add them)
+        size = min(n, lists * config.ivf_train_per_list, max(lists * 39, n // 2))
         positions = np.arange(n)
-        if n > lists * config.ivf_train_per_list:  # faiss trains on at most 256 points per list anyway
-            positions = np.random.default_rng(seed).choice(n, lists * config.ivf_train_per_list,
-                                                           replace=False)
+        if size < n:
+            positions = np.random.default_rng(seed).choice(n, size, replace=False)
         sample = np.ascontiguousarray(source.fetch(positions), dtype=np.float32)
         first = None
     else:  # the first chunk tells the width
@@ -202,7 +220,7 @@ def build_index(vectors: np.ndarray | VectorSource, config: AnnConfig | None = N
         index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = max(40, config.hnsw_m * 2)
         index.hnsw.efSearch = config.hnsw_ef_search
-        _reserve(faiss.downcast_index(index.storage).codes, n * dim * 4)
+        _reserve_hnsw(index, n, dim, config.hnsw_m)
     else:
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)

@@ -9,7 +9,8 @@ vectors of the labels this worker holds (:attr:`ScoringModel.own_labels`), which
 mining and evaluation index: no worker then holds every label's vector. They come as
 :class:`~xmc.mining.ann.VectorSource` objects too, from which an index is built a chunk at a time. A subset
 model (``subset=``) holds the label state of chosen labels only, whatever split trained them: an export
-worker builds one index shard of a bundle from one.
+worker builds one index shard of a bundle from one. Read from a checkpoint, it leaves its classifier rows
+there and reads them a chunk at a time as the index is built, so they are never held beside the index.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class ScoringModel:
                  cold_start: np.ndarray | None = None, max_len: int = 32, label_max_len: int = 0,
                  batch_size: int = 256,
                  device: torch.device | str = "cpu", dtype: torch.dtype | None = None, rank: int = 0,
-                 world_size: int = 1, subset: np.ndarray | None = None, num_labels: int | None = None):
+                 world_size: int = 1, subset: np.ndarray | None = None, num_labels: int | None = None,
+                 stored_rows: Callable[[np.ndarray], torch.Tensor] | None = None):
         self.model = model
         self.heads: HeadsConfig = model.config
         self.label_tokens = label_tokens
@@ -79,6 +81,8 @@ class ScoringModel:
         self.rank, self.world_size = rank, world_size
         self._own_labels = subset  # a subset model's labels (None: the training split, see own_labels)
         self._num_labels = num_labels
+        # a subset model's classifier rows by label id, read where they are stored (else the table's own)
+        self._stored_rows = stored_rows
         # the subset's tokens alone, in subset order (else label_tokens rows are label ids)
         self._compact_tokens = (subset is not None and label_tokens is not None
                                 and len(label_tokens[1]) == len(subset))
@@ -93,13 +97,15 @@ class ScoringModel:
     @classmethod
     def build(cls, config: ExperimentConfig, num_labels: int, *, label_tokens: TokenArrays | None = None,
               cold_start: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
-              device: torch.device | str = "cpu", subset: np.ndarray | None = None) -> ScoringModel:
+              device: torch.device | str = "cpu", subset: np.ndarray | None = None,
+              table_rows: bool = True) -> ScoringModel:
         """Fresh modules for ``config``: the pre-trained encoder, new heads, a new table shard and new
         prototype state (in that order, which fixes what each draws from the seeded RNG).
 
         ``subset`` (sorted label ids) makes a subset model of one process: its label state is that of these
         labels alone, whatever the split of the run that trained it (an export worker building one index
-        shard of a bundle holds the rows of that shard, nothing else).
+        shard of a bundle holds the rows of that shard, nothing else). ``table_rows`` False gives it a
+        classifier table of no rows, for one whose rows are read from storage when needed.
         """
         device = torch.device(device)
         if subset is not None:
@@ -110,7 +116,8 @@ class ScoringModel:
         heads = config.model
         model = XMCModel(TextEncoder(model_dir, config.encoder.pooling, config.encoder.group_by_length),
                          heads).to(device)
-        classifier = (ShardedLabelTable(num_labels, model.clf_dim, rank, world_size, owned=subset).to(device)
+        held = subset if table_rows or subset is None else np.zeros(0, dtype=np.int64)
+        classifier = (ShardedLabelTable(num_labels, model.clf_dim, rank, world_size, owned=held).to(device)
                       if heads.classifier else None)
         prototypes = None
         if heads.prototypes:
@@ -131,7 +138,8 @@ class ScoringModel:
                         subset: np.ndarray | None = None) -> ScoringModel:
         """The model of a training checkpoint, in eval mode: it reads the model weights, this worker's rows
         of the classifier and prototype shards (those of the labels ``subset`` for a subset model, see
-        :meth:`build`) and the label-level state, never optimizer or loop state.
+        :meth:`build`, whose classifier rows are read from the checkpoint only as its ``own_*`` vectors are
+        made) and the label-level state, never optimizer or loop state.
 
         ``cold_start`` defaults to what the checkpoint recorded; a checkpoint that recorded none (an
         older layout) needs it given.
@@ -145,7 +153,9 @@ class ScoringModel:
                                  "pass them")
             cold_start = labels["cold_start"]
         scoring = cls.build(config, num_labels, label_tokens=label_tokens, cold_start=cold_start, rank=rank,
-                            world_size=world_size, device=device, subset=subset)
+                            world_size=world_size, device=device, subset=subset, table_rows=subset is None)
+        if subset is not None and scoring.classifier is not None:
+            scoring._stored_rows = ckpt.StoredRows(directory, "table", num_labels)
         scoring.load_checkpoint_weights(directory, labels)
         scoring.model.eval()
         return scoring
@@ -178,6 +188,8 @@ class ScoringModel:
                 self.prototypes.hold_free_vectors_of(self._own_labels)
         read = {}
         for name, table in self.label_tables().items():
+            if name == "table" and self._stored_rows is not None:
+                continue  # read when asked (own_classifier_source)
             # into the table's own rows, so they are never held twice
             read[name] = ckpt.read_rows(directory, name, keys, table.num_labels, table.owned,
                                         into={"weight": table.rows.weight.data})
@@ -372,6 +384,8 @@ class ScoringModel:
         """
         if self.classifier is None:
             return None
+        if self._own_labels is not None:
+            raise ValueError("a subset model holds its own labels' rows only: use own_classifier_vectors")
         table = self.classifier.full_normalized().float().cpu().numpy()
         ids = self._ids(rows)
         return self._cold_rows_by_text(table if rows is None else table[ids], ids, self.encode)
@@ -460,11 +474,13 @@ class ScoringModel:
         normalised a chunk at a time."""
         if self.classifier is None:
             return None
-        weight, own = self.classifier.rows.weight, self.own_labels
+        weight, own, stored = self.classifier.rows.weight, self.own_labels, self._stored_rows
 
         def fetch(positions: np.ndarray) -> np.ndarray:
+            positions = np.asarray(positions, dtype=np.int64)
             with torch.no_grad():
-                rows = weight[torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(weight.device)]
+                rows = (stored(own[positions]) if stored is not None
+                        else weight[torch.from_numpy(positions).to(weight.device)])
                 rows = torch.nn.functional.normalize(rows.float(), dim=-1).cpu().numpy()
             return self._cold_rows_by_text(rows, own[positions], self._encode_own)
 
