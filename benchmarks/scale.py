@@ -264,11 +264,14 @@ async def one_at_a_time(url: str, texts: list[str], k: int
 
 
 def replica_peaks() -> dict[str, float]:
-    """Peak RSS (MiB) of each Serve replica of this machine, by deployment."""
+    """Peak RSS (MiB) of each Serve replica of the Ray this process started, by deployment."""
+    import ray
     from ray.util.state import list_actors
 
     peaks = {}
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+    # this Ray's address: another local Ray (a training job started beside the benchmark) makes "auto" fail
+    address = ray.get_runtime_context().gcs_address
+    for actor in list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000):
         if actor.class_name.startswith("ServeReplica:") and actor.pid:
             status = Path(f"/proc/{actor.pid}/status")
             for line in status.read_text().splitlines() if status.exists() else []:
