@@ -40,7 +40,8 @@ def main() -> int:
     from xmc.mining.ann import build_index, search
     from xmc.mining.config import AnnConfig
     from xmc.scoring import fusion
-    from xmc.scoring.lexical import LexicalChannel, rerank
+    from xmc.scoring.fusion import rerank
+    from xmc.scoring.lexical import LexicalChannel
     from xmc.scoring.run import TrainedRun
 
     run = TrainedRun.open(args.run)

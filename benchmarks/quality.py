@@ -51,6 +51,7 @@ from xmc.evaluation.retrieval import zero_shot_predict
 from xmc.experiment import ExperimentConfig
 from xmc.io import write_json
 from xmc.scoring import fusion
+from xmc.scoring.neighbours import training_memory
 from xmc.scoring.run import TrainedRun
 from xmc.training.driver import ensure_prepared, resolve_run, run_training
 
@@ -197,8 +198,13 @@ def calibrated_test_metrics(run_dir: str, record: dict) -> dict:
     run = TrainedRun.open(run_dir, record["checkpoint"])
     fusion.apply(run.config.model, record["selected"])
     scoring = run.scoring_model()
+    neighbours = None
+    if run.config.model.neighbour_weight:
+        neighbours = training_memory(scoring, run.token_cache().arrays("train"), run.split.train_rows,
+                                     run.dataset.label_matrix("train"), run.config.eval.ann)
     results, _ = evaluate_model(scoring, run.dataset, run.token_cache().arrays("test"), "test", None,
-                                run.config.eval, run.config.dataset, run.split.propensity_rows)
+                                run.config.eval, run.config.dataset, run.split.propensity_rows,
+                                neighbours=neighbours)
     return results.get("fused") or results["de"]
 
 

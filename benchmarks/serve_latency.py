@@ -3,13 +3,15 @@ scale run of the sharded IVF index.
 
     python benchmarks/serve_latency.py --bundle bundles/wordnet [--requests 2000] [--concurrency 1 4 16]
     python benchmarks/serve_latency.py --bundle bundles/wordnet --skip-scale      # only the Serve part
+    python benchmarks/serve_latency.py --bundle bundles/wordnet --skip-scale --shards-in-ingress
     python benchmarks/serve_latency.py --scale-only [--scale-labels 2000000 --scale-shards 4]
 
 Serve part: the app of ``serve/app.py`` on a local Ray (127.0.0.1), one real test query per request
 (``{"text": ..., "k": 10}``), ``--requests`` requests at each concurrency from an asyncio client in this
 process; p50/p99 latency, requests/s and errors. The reference is the same work in this process, one query
 at a time: the bundle's query encoder, every shard's faiss search and the top-k merge. ``p50_ratio`` is the
-served p50 over the in-process p50 (Serve's overhead: HTTP, proxy, handles, batching waits).
+served p50 over the in-process p50 (Serve's overhead: HTTP, proxy, handles, batching waits). With
+``--shards-in-ingress`` the ingress searches the index itself (no shard deployments, no hop to them).
 
 Scale part: synthetic clustered unit vectors (real embeddings cluster; uniform random ones are IVF's worst
 case and no model's output), split in shards, one IVF index per shard; recall@10 of the merged sharded IVF
@@ -138,7 +140,8 @@ async def http_load(url: str, queries: list[str], total: int, concurrency: int, 
             "requests_per_s": round(len(latencies) / wall, 1), **breakdown}
 
 
-def served(bundle_dir: Path, queries: list[str], total: int, levels: list[int], k: int) -> list[dict]:
+def served(bundle_dir: Path, queries: list[str], total: int, levels: list[int], k: int,
+           app_args: dict | None = None) -> list[dict]:
     import ray
     from ray import serve
 
@@ -157,7 +160,7 @@ def served(bundle_dir: Path, queries: list[str], total: int, levels: list[int], 
         port = sock.getsockname()[1]
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(app({"bundle": str(bundle_dir)}), name="xmc", route_prefix="/")
+        serve.run(app({"bundle": str(bundle_dir), **(app_args or {})}), name="xmc", route_prefix="/")
         url = f"http://127.0.0.1:{http_port(port)}/v1/predict"
         asyncio.run(http_load(url, queries, 64, 4, k))  # warm-up: batching paths, connections, allocators
         return [asyncio.run(http_load(url, queries, total, level, k)) for level in levels]
@@ -282,6 +285,8 @@ def main() -> None:
                         help="also compare exact, IVF and HNSW shards on the bundle's real vectors "
                              "(recall, latency)")
     parser.add_argument("--skip-serve", action="store_true", help="no Serve load test (with --index-choices)")
+    parser.add_argument("--shards-in-ingress", action="store_true",
+                        help="serve with the index shards in the ingress replica (no shard deployments)")
     args = parser.parse_args()
     report: dict = {"cpus": os.cpu_count()}
     if not args.scale_only:
@@ -299,7 +304,10 @@ def main() -> None:
                                                     args.ef_search)
         if not args.skip_serve:
             report["in_process"] = in_process(bundle, queries[:500], args.k)
-            report["served"] = served(bundle.directory, queries, args.requests, args.concurrency, args.k)
+            app_args = {"shards_in_ingress": args.shards_in_ingress}
+            report["served"] = served(bundle.directory, queries, args.requests, args.concurrency, args.k,
+                                      app_args)
+            report["app"] = app_args
             grpc_proxy = os.environ.get("RAY_SERVE_PROXY_USE_GRPC") == "1"
             report["http"] = ("direct ingress" if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1"
                               else "proxy, to the ingress over " + ("grpc" if grpc_proxy else "actor calls"))

@@ -6,8 +6,9 @@
 
 Searches ``de_weight`` (weight of cos_DE next to cos_CLF), ``cold_start_offset`` (added to labels that no
 training query is tagged with) and ``clf_untrained`` on the run's validation hold-out (the run must have been
-trained with ``dataset.validation_fraction > 0``), prints the grid, and writes the best point by ``metric``
-to RUN/calibration.json. The test split is never read: evaluate the exported bundle for test figures.
+trained with ``dataset.validation_fraction > 0``), then ``neighbour_weight`` (the query-neighbour channel) on
+the best of them; prints both grids, and writes the best point by ``metric`` to RUN/calibration.json. The
+test split is never read: evaluate the exported bundle for test figures.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def main() -> int:
     for row in record["grid"]:
         print(f"| {row['clf_untrained']} | {row['de_weight']:g} | {row['cold_start_offset']:g} | "
               + " | ".join(f"{row[key]:.2f}" for key in shown) + " |")
+    if record["neighbour_grid"]:
+        print("| neighbour_weight | " + " | ".join(shown) + " |")
+        print("|---|" + "---|" * len(shown))
+        for row in record["neighbour_grid"]:
+            print(f"| {row['neighbour_weight']:g} | " + " | ".join(f"{row[key]:.2f}" for key in shown) + " |")
     print(f"validation: {record['validation_points']} points, "
           f"{record['cold_start_labels']} cold-start labels, "
           f"{100 * record['validation_positives_on_cold_start_labels']:.1f}% of positives on them")

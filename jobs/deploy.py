@@ -38,6 +38,9 @@ def main() -> int:
     parser.add_argument("--proxy-location", default="EveryNode", choices=["EveryNode", "HeadOnly"],
                         help="an HTTP proxy on every node (behind a load balancer) or on the head only")
     parser.add_argument("--shard-replicas", type=int, default=1)
+    parser.add_argument("--shards-in-ingress", action="store_true",
+                        help="no shard deployments: each ingress replica holds the whole label index and "
+                             "searches it itself (lowest latency, where the index fits one replica)")
     args = parser.parse_args()
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         raise ConfigError("jobs/deploy.py deploys to a running cluster: give --address or submit it "
@@ -51,7 +54,8 @@ def main() -> int:
     init_ray(args.address, extra_modules=(repo / "serve",))
     from serve.app import app, http_port
 
-    settings = {"bundle": args.bundle, "shard_replicas": args.shard_replicas}
+    settings = {"bundle": args.bundle, "shard_replicas": args.shard_replicas,
+                "shards_in_ingress": args.shards_in_ingress}
     if args.shards is not None:
         settings["shards"] = args.shards
     serve.start(proxy_location=args.proxy_location, http_options={"host": args.host, "port": args.port})

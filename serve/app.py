@@ -47,7 +47,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from xmc import storage
 from xmc.index.bundle import Bundle
 from xmc.index.predictor import Predictor
-from xmc.index.shards import merge_topk
 
 MAX_TEXTS = 64          # texts per request
 MAX_TEXT_CHARS = 2000   # characters per text (the encoder truncates to max_len tokens anyway)
@@ -205,9 +204,10 @@ def unavailable(err: ShardUnavailable) -> JSONResponse:
     return _error(503, str(err), {"Retry-After": "1"})
 
 
-def _load_ingress_predictor(path: str) -> Predictor:
-    """The ingress's part of a bundle: query tower and label texts, no shard (those are the shards' part)."""
-    return Predictor.from_bundle(path, shards=[])
+def _load_ingress_predictor(path: str, with_shards: bool) -> Predictor:
+    """The ingress's part of a bundle: query tower and label texts, and every index shard when it searches
+    them itself (else they are the shard deployments' part)."""
+    return Predictor.from_bundle(path, shards=None if with_shards else [])
 
 
 def _bundle_info(predictor: Predictor) -> dict:
@@ -267,20 +267,26 @@ class IndexShard:
 @serve.deployment(max_ongoing_requests=64, logging_config=QUIET)
 @serve.ingress(api)
 class Ingress:
-    """Validates requests, encodes queries (batched across requests), fans out to the shards, merges."""
+    """Validates requests, encodes queries (batched across requests), fans out to the shards, merges.
 
-    def __init__(self, shards: list[DeploymentHandle], num_shards: int | None = None):
+    With ``shards_here`` the ingress holds every index shard itself and searches them in process: no hop to
+    shard replicas, for a label index that fits one replica's memory (``AppArgs.shards_in_ingress``).
+    """
+
+    def __init__(self, shards: list[DeploymentHandle], num_shards: int | None = None,
+                 shards_here: bool = False):
         # Shard calls go over Serve's gRPC transport between replicas instead of Ray actor calls (the replica
         # always runs that server): the calls cost less than through the actor path, which dominated a
         # query's search time (docs/performance.md). Arguments and results are pickled either way.
         self.shards = [shard.options(_by_reference=False) for shard in shards]
         self.num_shards = num_shards or len(shards)  # index shards, held by len(shards) deployments
+        self.shards_here = shards_here
         self.current: Predictor | None = None
         self.encoder_idle = asyncio.Event()
         self.encoder_idle.set()
 
     async def reconfigure(self, config: dict) -> None:
-        loaded = await asyncio.to_thread(_load_ingress_predictor, config["bundle"])
+        loaded = await asyncio.to_thread(_load_ingress_predictor, config["bundle"], self.shards_here)
         shards = loaded.bundle.num_shards
         if shards != self.num_shards:
             raise ValueError(f"bundle {config['bundle']} has {shards} shards but this app was deployed with "
@@ -306,9 +312,8 @@ class Ingress:
         finally:
             self.encoder_idle.set()
         encoded = time.perf_counter()
-        k = max(k for _, k in requests)  # a shard's top-k_i is a prefix of its top-k: one search serves all
-        parts = await search_shards(self.shards, vectors, k, loaded.version, loaded.bundle.location)
-        scores, ids = merge_topk(parts, k)
+        k = max(k for _, k in requests)  # a top-k_i is a prefix of the top-k: one search serves all
+        scores, ids = await self._search(loaded, vectors, k)
         timing = {"encode": encoded - started, "shards": time.perf_counter() - encoded}
         out, start = [], 0
         for texts, k_request in requests:
@@ -316,6 +321,18 @@ class Ingress:
             out.append((scores[start:stop, :k_request], ids[start:stop, :k_request], loaded, timing))
             start = stop
         return out
+
+    async def _search(self, loaded: Predictor, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top-``k`` ``(scores, ids)`` over every shard: searched here (in a worker thread, so the next
+        batch's requests are still taken in), or by the shard deployments in parallel and ranked here
+        (:meth:`Predictor.rank`: the merge, and the query-neighbour channel of a bundle that has one)."""
+        if self.shards_here:
+            return await asyncio.to_thread(loaded.search, vectors, k)
+        parts = await search_shards(self.shards, vectors, loaded.search_depth(k), loaded.version,
+                                    loaded.bundle.location)
+        if loaded.neighbours is None:  # a merge of top-k lists: quicker here than a hop to a thread
+            return loaded.rank(vectors, parts, k)
+        return await asyncio.to_thread(loaded.rank, vectors, parts, k)
 
     @api.post("/v1/predict")
     async def predict(self, body: PredictRequest) -> JSONResponse:
@@ -355,6 +372,9 @@ class AppArgs(BaseModel):
     where its flat or IVF index is searched with faiss's GPU build. ``shards_per_replica`` > 1 makes each
     shard deployment hold that many index shards (``IndexShard0`` the first ones): fewer calls per query, for
     machines with fewer cores than shards, where every call costs a request more than its search.
+    ``shards_in_ingress`` makes no shard deployment: each ingress replica holds every index shard and searches
+    them itself, which saves the hop to the shards on every request (the lowest latency) where the whole
+    label index fits one replica's memory; the shard settings are then unused.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -367,6 +387,7 @@ class AppArgs(BaseModel):
     shard_cpus: float = Field(0.5, gt=0)
     shard_gpus: float = Field(0.0, ge=0, le=1)
     ingress_cpus: float = Field(1.0, gt=0)
+    shards_in_ingress: bool = False
 
 
 def http_port(configured: int) -> int:
@@ -391,6 +412,10 @@ def app(args: dict) -> serve.Application:
                          f"shards; pass shards={bundle.num_shards} "
                          f"or re-export with --shards {settings.shards}")
     user_config = {"bundle": path}
+    ingress = Ingress.options(num_replicas=settings.ingress_replicas, user_config=user_config,
+                              ray_actor_options={"num_cpus": settings.ingress_cpus})
+    if settings.shards_in_ingress:
+        return ingress.bind([], bundle.num_shards, shards_here=True)
     per = settings.shards_per_replica
     groups = [list(range(start, min(start + per, bundle.num_shards)))
               for start in range(0, bundle.num_shards, per)]
@@ -400,6 +425,4 @@ def app(args: dict) -> serve.Application:
                                                     "num_gpus": settings.shard_gpus})
               .bind(group, "cuda" if settings.shard_gpus else "cpu")
               for number, group in enumerate(groups)]
-    ingress = Ingress.options(num_replicas=settings.ingress_replicas, user_config=user_config,
-                              ray_actor_options={"num_cpus": settings.ingress_cpus})
     return ingress.bind(shards, bundle.num_shards)

@@ -1,13 +1,12 @@
 """The lexical channel: TF-IDF over word-piece ids, labels as the centroid of their training queries plus
-their own text, and a re-ranking that adds its cosine to the neural score."""
+their own text (the re-ranking that adds its cosine to the neural score is tests/test_neighbours.py's)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import scipy.sparse as sp
 
-from xmc.scoring.lexical import LexicalChannel, rerank, term_matrix
+from xmc.scoring.lexical import LexicalChannel, term_matrix
 
 PAD, CLS, SEP = 0, 1, 2
 
@@ -39,11 +38,3 @@ def test_a_query_scores_highest_the_label_whose_queries_and_text_share_its_words
     assert scores[1, 0] == 0 and scores[1, 1] > 0 and scores[1, 2] > 0  # 9 -> bread, 4 -> salt by its text
     assert channel.scores(asked, np.array([[-1, 0, 1], [2, -1, -1]]))[1, 1] == 0  # empty slots score 0
 
-
-def test_rerank_adds_the_weighted_lexical_score_and_keeps_empty_slots_last():
-    indices = np.array([[3, 1, -1]])
-    scores = np.array([[0.9, 0.8, 0.0]], dtype=np.float32)
-    lexical = np.array([[0.0, 0.5, 0.0]], dtype=np.float32)
-    assert rerank(indices, scores, lexical, 0.0)[0].tolist() == [[3, 1, -1]]
-    order, combined = rerank(indices, scores, lexical, 0.5)
-    assert order.tolist() == [[1, 3, -1]] and combined[0, :2] == pytest.approx([1.05, 0.9])

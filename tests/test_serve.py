@@ -230,6 +230,32 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(served, body, status, me
     assert message in reply.json()["error"], reply.json()
 
 
+def test_an_ingress_holding_the_shards_answers_as_the_sharded_app(served, bundles, trained_run):
+    """shards_in_ingress: one deployment, no shard replica; the same answers as offline (and as the app
+    with shard deployments, which the test above compares with offline)."""
+    from ray import serve
+
+    from xmc import Predictor
+    from xmc.data.dataset import PreparedDataset
+
+    app_module = _serve_app()
+    texts = PreparedDataset(trained_run.parent.parent / "prepared").texts("test")[:40]
+    offline_ids, offline_scores = Predictor.from_bundle(bundles[0]).topk(texts, 10)
+    serve.run(app_module.app({"bundle": str(bundles[0]), "shards_in_ingress": True}), name="xmc-here",
+              route_prefix="/here")
+    try:
+        assert set(serve.status().applications["xmc-here"].deployments) == {"Ingress"}
+        reply = requests.post(f"{served}/here/v1/predict", json={"texts": texts, "k": 10}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        rows = reply.json()["results"]
+        served_ids = np.array([[hit["id"] for hit in row] for row in rows])
+        served_scores = np.array([[hit["score"] for hit in row] for row in rows])
+        assert served_ids.shape == (len(texts), 10)
+        assert assert_same_ranking(served_ids, served_scores, offline_ids, offline_scores).mean() < 0.01
+    finally:
+        serve.delete("xmc-here")
+
+
 def test_hot_swap_under_load_drops_no_request(served, bundles):
     from ray import serve
 

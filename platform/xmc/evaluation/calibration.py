@@ -6,11 +6,13 @@ never entered its batches, shortlists, clusters or label counts, so a label whos
 out is a cold-start label to the model, as test-only labels are. Every grid point of
 :class:`~xmc.evaluation.config.CalibrateConfig` is scored with the project's metrics on the hold-out; the
 best one by ``metric`` is written to the run's ``calibration.json``, which ``jobs/export.py`` applies. The
-test split is never read.
+query-neighbour channel's weight (:mod:`xmc.scoring.neighbours`) is then chosen on that best point, with the
+training points that remain after the hold-out as its memory. The test split is never read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import time
@@ -23,7 +25,8 @@ from xmc.config import ConfigError
 from xmc.evaluation.config import CalibrateConfig
 from xmc.evaluation.evaluator import evaluate_predictions
 from xmc.evaluation.metrics import REPORTED_METRICS
-from xmc.scoring.fusion import SETTINGS, Calibration
+from xmc.scoring.fusion import ADDED_SETTINGS, SETTINGS, Calibration
+from xmc.scoring.neighbours import rerank_top, training_memory
 from xmc.scoring.run import TrainedRun
 
 CALIBRATION_FILE = "calibration.json"
@@ -112,14 +115,34 @@ def calibrate_run(run_dir: str | os.PathLike, config: CalibrateConfig) -> dict:
     predictions = grid_topk(queries[:, :d], queries[:, d:] if classifier else None, heads.de, heads.clf,
                             untrained_text, cold, grid, config.top_k, device=scoring.device)
     data = run.config.dataset
-    results = []
-    for point, (indices, scores) in zip(grid, predictions):
-        metrics = evaluate_predictions(run.dataset, indices, scores, data.propensity_a, data.propensity_b,
-                                       split="train", rows=rows, train_rows=run.split.propensity_rows)
+
+    def score(indices: np.ndarray, scores: np.ndarray) -> dict:
+        metrics = evaluate_predictions(run.dataset, indices[:, :config.top_k], scores[:, :config.top_k],
+                                       data.propensity_a, data.propensity_b, split="train", rows=rows,
+                                       train_rows=run.split.propensity_rows)
         # how often a cold-start label is ranked first: what the offset trades against the trained labels
         metrics["top1_cold_start"] = round(100 * float(np.isin(indices[:, 0], cold).mean()), 4)
-        results.append((point, metrics))
+        return metrics
+
+    results = [(point, score(*prediction)) for point, prediction in zip(grid, predictions)]
     best, best_metrics = select(results, config.metric)
+    neighbour_results = []
+    if any(weight > 0 for weight in config.neighbour_weights):
+        # the channel on the best point: its top candidates re-ranked for every weight (the memory is the
+        # training points that remain after the hold-out, so no held-out query finds itself)
+        settings = run.config.model
+        depth = max(config.top_k, settings.neighbour_candidates)
+        [(indices, scores)] = grid_topk(queries[:, :d], queries[:, d:] if classifier else None, heads.de,
+                                        heads.clf, untrained_text, cold, [best], depth, device=scoring.device)
+        memory = training_memory(scoring, run.token_cache().arrays("train"), run.split.train_rows,
+                                 run.dataset.label_matrix("train"), run.config.eval.ann)
+        candidates = min(settings.neighbour_candidates, depth)
+        extra = memory.scores(queries[:, :d], indices[:, :candidates], settings.neighbours,
+                              settings.neighbour_temperature)
+        neighbour_results = [(dataclasses.replace(best, neighbour_weight=weight),
+                              score(*rerank_top(indices, scores, extra, weight, candidates)))
+                             for weight in config.neighbour_weights]
+        best, best_metrics = select(neighbour_results, config.metric)
     record = {
         "checkpoint": run.checkpoint_name,
         "metric": config.metric,
@@ -129,6 +152,7 @@ def calibrate_run(run_dir: str | os.PathLike, config: CalibrateConfig) -> dict:
         "cold_start_labels": int(len(cold)),
         "validation_positives_on_cold_start_labels": round(cold_start_share(run.dataset, rows, cold), 4),
         "grid": [{**vars(point), **metrics} for point, metrics in results],
+        "neighbour_grid": [{**vars(point), **metrics} for point, metrics in neighbour_results],
         "seconds": round(time.perf_counter() - started, 1),
     }
     storage.write_json(storage.join(run.location, CALIBRATION_FILE), record)
@@ -157,7 +181,7 @@ def read_calibration(run_location: str | os.PathLike, checkpoint: str) -> dict |
     try:
         record = storage.read_json(path)
         chosen, calibrated = record["selected"], record["checkpoint"]
-        chosen = {key: chosen[key] for key in SETTINGS}
+        chosen = {key: {**ADDED_SETTINGS, **chosen}[key] for key in SETTINGS}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{path}: unreadable calibration ({err!r}); rerun jobs/calibrate.py") from None
     if calibrated != checkpoint:

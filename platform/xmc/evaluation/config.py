@@ -40,6 +40,9 @@ class CalibrateConfig:
         cold_start_offsets: candidate offsets added to labels without training positives (cosine units; the
             fused score of two heads spans [-2, 2]).
         clf_untrained: candidate ways of scoring those labels on the classifier side.
+        neighbour_weights: candidate weights of the query-neighbour channel (``model.neighbour_weight``),
+            tried on the best point of the grid above; [0] (or an empty list) leaves it off without
+            encoding the training queries it needs.
         top_k: predictions kept per query while scoring the grid (10 gives every metric up to R@10).
     """
 
@@ -49,6 +52,7 @@ class CalibrateConfig:
     cold_start_offsets: list[float] = field(
         default_factory=lambda: [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5])
     clf_untrained: list[str] = field(default_factory=lambda: ["table", "label_text"])
+    neighbour_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0])
     top_k: int = 10
 
     def validate(self) -> None:
@@ -61,3 +65,5 @@ class CalibrateConfig:
             raise ValueError(f"clf_untrained must list 'table' and/or 'label_text', got {self.clf_untrained}")
         if self.top_k < 5:
             raise ValueError(f"top_k must be >= 5 (P@5 needs 5 predictions), got {self.top_k}")
+        if any(weight < 0 for weight in self.neighbour_weights):
+            raise ValueError(f"neighbour_weights must be numbers >= 0, got {self.neighbour_weights}")

@@ -13,6 +13,7 @@ from xmc.evaluation.segments import label_segments, segment_metrics
 from xmc.mining.ann import build_shard_index, sharded_search
 from xmc.scoring import fusion
 from xmc.scoring.model import ScoringModel, TokenArrays
+from xmc.scoring.neighbours import NeighbourMemory
 
 Prediction = tuple[np.ndarray, np.ndarray]  # (indices int64 [n, k], scores float32 [n, k])
 
@@ -46,14 +47,18 @@ def evaluate_predictions(dataset: PreparedDataset, indices: np.ndarray, scores: 
 
 def evaluate_model(scoring: ScoringModel, dataset: PreparedDataset, queries: TokenArrays, split: str,
                    rows: np.ndarray | None, config: EvalConfig, data: DatasetConfig,
-                   train_rows: np.ndarray | None = None, seed: int = 0
+                   train_rows: np.ndarray | None = None, seed: int = 0,
+                   neighbours: NeighbourMemory | None = None
                    ) -> tuple[dict[str, dict[str, float]], Prediction] | None:
     """Metrics of the DE-only, classifier-only and fused predictors of ``scoring`` on ``rows`` of ``split``
     (all of it for None), and the fused prediction.
 
     The fused score is ``de_weight · cos_DE + cos_CLF`` plus ``cold_start_offset`` for labels without
-    training positives (:mod:`xmc.scoring.fusion`). A model without a classifier reports a fused entry only
-    when it has an offset. Every worker calls it (a collective): each indexes the labels it holds
+    training positives (:mod:`xmc.scoring.fusion`); with ``neighbours`` (the training queries' memory, given
+    to rank 0) and ``model.neighbour_weight`` above 0, its top candidates are re-ranked by the query-neighbour
+    channel (:mod:`xmc.scoring.neighbours`), as a bundle ranks them. A model without a classifier reports a
+    fused entry only when it has an offset or that channel. Every worker calls it (a collective): each indexes
+    the labels it holds
     (:attr:`ScoringModel.own_labels`) and the per-worker top-k are merged; rank 0 gets the result, the others
     None.
 
@@ -66,9 +71,9 @@ def evaluate_model(scoring: ScoringModel, dataset: PreparedDataset, queries: Tok
     query_vectors = scoring.query_head_vectors(queries, rows)
     d, own, device, num_labels = scoring.de_dim, scoring.own_labels, scoring.device, scoring.num_labels
 
-    def top(queries: np.ndarray, labels) -> Prediction:
+    def top(queries: np.ndarray, labels, k: int = config.top_k) -> Prediction:
         index = build_shard_index(labels, num_labels, config.ann, seed, device)
-        scores, indices = sharded_search(queries, index, own, num_labels, config.top_k, device)
+        scores, indices = sharded_search(queries, index, own, num_labels, k, device)
         return indices, scores
 
     def score(prediction: Prediction) -> dict[str, float]:
@@ -77,9 +82,14 @@ def evaluate_model(scoring: ScoringModel, dataset: PreparedDataset, queries: Tok
 
     predictions = {}
     heads = scoring.heads
-    fused_differs = scoring.has_classifier or fusion.has_offset_column(heads.cold_start_offset)
+    # the channel re-ranks the fused top neighbour_candidates, as a bundle does, whatever top_k is reported
+    # (decided by the settings alone: every worker searches as deep)
+    channel = heads.neighbour_weight > 0
+    depth = max(config.top_k, heads.neighbour_candidates) if channel else config.top_k
+    fused_differs = scoring.has_classifier or fusion.has_offset_column(heads.cold_start_offset) or channel
     if fused_differs or heads.de_weight != 1.0:
-        fused = top(fusion.fold_queries(query_vectors, heads.cold_start_offset), scoring.own_label_source(de))
+        fused = top(fusion.fold_queries(query_vectors, heads.cold_start_offset), scoring.own_label_source(de),
+                    depth)
         if fused_differs:
             predictions["fused"] = fused
     if scoring.has_classifier:
@@ -92,5 +102,11 @@ def evaluate_model(scoring: ScoringModel, dataset: PreparedDataset, queries: Tok
         fused = predictions["de"]  # the folded vectors would be the DE vectors themselves
     if scoring.rank != 0:
         return None
+    if channel:
+        if neighbours is None:
+            raise ValueError("model.neighbour_weight is above 0: evaluation needs the training queries' "
+                             "memory (xmc.scoring.neighbours.training_memory)")
+        indices, scores = neighbours.rerank(*fused, query_vectors[:, :d], heads)
+        fused = predictions["fused"] = indices[:, :config.top_k], scores[:, :config.top_k]
     order = [name for name in ("de", "clf", "fused") if name in predictions]
     return {name: score(predictions[name]) for name in order}, fused

@@ -6,6 +6,8 @@
     heads.safetensors    the query-side heads (DE projection, classifier projection)
     labels.parquet       id, uid, text of every label (those removed after training too: ids stay put)
     shards/00000/        index.faiss (faiss's own binary format) + label_ids.npy, one directory per shard
+    neighbours/          index.faiss + labels.npz: the training queries of the query-neighbour channel
+                         (only when its weight is above 0; :mod:`xmc.scoring.neighbours`)
 
 Nothing is pickled. The bundle is written into a temporary directory, manifest last, and renamed into place,
 so a directory with a manifest is complete; loading re-hashes the files a component uses and refuses a
@@ -27,6 +29,7 @@ from xmc.io import sha256_file
 FORMAT = "xmc-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+NEIGHBOURS = "neighbours"
 
 
 class BundleError(DataError):
@@ -117,6 +120,15 @@ class Bundle:
                               f"shard {shard} requested but the bundle has {self.num_shards} shards")
         self.verify(shard_dir(shard) + "/")
         return ShardIndex.load(self.directory / shard_dir(shard), device)
+
+    def load_neighbours(self):
+        """The query-neighbour channel's memory (checksums verified), or None when the bundle has none."""
+        from xmc.scoring.neighbours import NeighbourMemory
+
+        if "neighbours" not in self.manifest:
+            return None
+        self.verify(NEIGHBOURS + "/")
+        return NeighbourMemory.load(self.directory / NEIGHBOURS)
 
     def load_labels(self) -> tuple[list, list[str]]:
         """``(uids, texts)`` of all label ids, in id order."""

@@ -11,7 +11,8 @@ from xmc.mining.config import AnnConfig
 @dataclass(kw_only=True)
 class ExportConfig:
     """Args:
-        shards: label index shards (contiguous ranges of label ids), each served by its own deployment.
+        shards: label index shards (shard s holds the labels whose id is s modulo ``shards``), each served
+            by its own deployment.
         checkpoint: checkpoint directory name in the run to export ("" = the latest).
         ann: the faiss index built per shard: exact inner product (``flat``) below ``ann.exact_below``
             labels per shard, ``ann.large_kind`` (HNSW) above it, or ``ann.kind`` forces one; nprobe and
@@ -24,9 +25,10 @@ class ExportConfig:
         calibration: ``auto`` applies the run's ``calibration.json`` (the fused-score settings
             ``jobs/calibrate.py`` chose on the validation hold-out for the exported checkpoint) when the run
             has one; ``off`` keeps the run's own settings.
-        de_weight, cold_start_offset: override the run's (and its calibration's) ``model.de_weight`` and
-            ``model.cold_start_offset``, e.g. with the values calibrated on a held-out run of the same recipe
-            (None keeps them).
+        de_weight, cold_start_offset, neighbour_weight: override the run's (and its calibration's)
+            ``model.de_weight``, ``model.cold_start_offset`` and ``model.neighbour_weight``, e.g. with the
+            values calibrated on a held-out run of the same recipe (None keeps them). A neighbour weight above
+            0 puts the run's training queries in the bundle (:mod:`xmc.scoring.neighbours`).
         add_labels: labels to add without retraining, in the LF label file layout (``uid``, ``title``,
             ``content`` per line; a path or a storage URI), scored by their text
             (:mod:`xmc.index.label_edits`).
@@ -45,6 +47,7 @@ class ExportConfig:
     calibration: Literal["auto", "off"] = "auto"
     de_weight: float | None = None
     cold_start_offset: float | None = None
+    neighbour_weight: float | None = None
     add_labels: str = ""
     remove_labels: str = ""
     workers: int = 1

@@ -23,13 +23,24 @@ from xmc import storage
 from xmc.checkpoint import CHECKPOINT_PREFIX
 from xmc.config import ConfigError, to_dict
 from xmc.evaluation.calibration import read_calibration
-from xmc.index.bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, BundleError, file_digests, shard_dir
+from xmc.index.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    NEIGHBOURS,
+    Bundle,
+    BundleError,
+    file_digests,
+    shard_dir,
+)
 from xmc.index.config import ExportConfig
 from xmc.index.label_edits import LabelEdits
 from xmc.io import atomic_dir, sha256_file, write_json
 from xmc.memory import PhaseMeter
+from xmc.mining.ann import resolved_kind
 from xmc.models.config import HeadsConfig
 from xmc.scoring import fusion
+from xmc.scoring.neighbours import training_memory
 from xmc.scoring.run import TrainedRun
 
 
@@ -46,6 +57,8 @@ def scoring_settings(run: TrainedRun, config: ExportConfig) -> HeadsConfig:
         heads.de_weight = config.de_weight
     if config.cold_start_offset is not None:
         heads.cold_start_offset = config.cold_start_offset
+    if config.neighbour_weight is not None:
+        heads.neighbour_weight = config.neighbour_weight
     try:
         heads.validate()
     except ValueError as err:
@@ -184,7 +197,7 @@ def _export_shard(run: TrainedRun, heads: HeadsConfig, config: ExportConfig, edi
                   target: str) -> dict:
     import faiss
 
-    from xmc.mining.ann import VectorSource, build_index, resolved_kind, stacked
+    from xmc.mining.ann import VectorSource, build_index, stacked
 
     num_run_labels = run.dataset.num_labels
     ids = shard_label_ids(num_run_labels + len(edits.added_uids), config.shards, number, edits.removed)
@@ -246,6 +259,7 @@ def write_bundle(run: TrainedRun, heads: HeadsConfig, config: ExportConfig, dire
     pq.write_table(pa.table({"id": pa.array(np.arange(len(texts)), pa.int64()),
                              "uid": pa.array(uids, pa.string()),
                              "text": pa.array(texts, pa.string())}), directory / "labels.parquet")
+    neighbours = write_neighbours(run, heads, config, scoring, directory)
     dim = scoring.dim
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "version": version,
@@ -259,6 +273,7 @@ def write_bundle(run: TrainedRun, heads: HeadsConfig, config: ExportConfig, dire
                   "text_fields": experiment.dataset.query_text, "batch_size": experiment.encoder.batch_size,
                   "heads": to_dict(heads)},
         "shards": [shard["entry"] for shard in shards],
+        **({"neighbours": neighbours} if neighbours else {}),
         "export": to_dict(config),
         "config": to_dict(experiment),
     }
@@ -266,6 +281,21 @@ def write_bundle(run: TrainedRun, heads: HeadsConfig, config: ExportConfig, dire
                                                       for rel, sha in shard["files"].items()}}
     manifest["files"] = dict(sorted(manifest["files"].items()))
     write_json(directory / MANIFEST, manifest)
+
+
+def write_neighbours(run: TrainedRun, heads: HeadsConfig, config: ExportConfig, towers,
+                     directory: Path) -> dict | None:
+    """The memory of the query-neighbour channel in the bundle's ``neighbours/`` when its weight is above 0:
+    the run's training points (those it trained on: a validation hold-out stays out, as it did when the
+    weight was chosen) through the query tower ``towers``, and their labels. What the manifest records of it,
+    or None."""
+    if not heads.neighbour_weight:
+        return None
+    memory = training_memory(towers, run.token_cache().arrays("train"), run.split.train_rows,
+                             run.dataset.label_matrix("train"), config.ann)
+    memory.save(directory / NEIGHBOURS)
+    return {"path": NEIGHBOURS, "queries": memory.size, "de_dim": towers.de_dim,
+            "index": resolved_kind(config.ann, memory.size)}
 
 
 def check_bundle(location: str | os.PathLike) -> None:

@@ -53,6 +53,12 @@ class HeadsConfig:
             adjustment for the label shift when queries are often about such labels; see
             :mod:`xmc.scoring.fusion`). 0 = off. ``jobs/calibrate.py`` chooses both numbers on a
             validation hold-out.
+        neighbour_weight: weight of the query-neighbour channel (:mod:`xmc.scoring.neighbours`): each
+            query's top ``neighbour_candidates`` labels by the fused score are re-ranked by ``fused +
+            neighbour_weight · neighbour``, where a label's neighbour score is the softmax weight (at
+            ``neighbour_temperature``) of the query's ``neighbours`` nearest training queries tagged with it.
+            0 = off (training is unaffected either way); ``jobs/calibrate.py`` chooses it on a validation
+            hold-out, and a bundle exported with it > 0 carries the training queries it needs.
         scale: similarity scale 1/τ applied to both heads' cosines (18 ≈ τ 0.056).
         prototypes: score labels by PRIME prototypes (text embedding + free vector + centroid through a
             one-layer transformer) instead of by their text embedding alone.
@@ -72,6 +78,10 @@ class HeadsConfig:
     clf_untrained: Literal["table", "label_text"] = "table"
     de_weight: float = 1.0
     cold_start_offset: float = 0.0
+    neighbour_weight: float = 0.0
+    neighbours: int = 20
+    neighbour_temperature: float = 0.05
+    neighbour_candidates: int = 100
     scale: float = 18.0
     prototypes: bool = False
     lpn_heads: int = 1
@@ -89,3 +99,9 @@ class HeadsConfig:
             raise ValueError(f"model.de_weight must be >= 0, got {self.de_weight}")
         if self.scale <= 0:
             raise ValueError(f"model.scale must be > 0, got {self.scale}")
+        if self.neighbour_weight < 0 or self.neighbours < 1 or self.neighbour_temperature <= 0 \
+                or self.neighbour_candidates < 1:
+            raise ValueError("model.neighbour_weight must be >= 0, model.neighbours and "
+                             "model.neighbour_candidates >= 1, model.neighbour_temperature > 0; got "
+                             f"{self.neighbour_weight}, {self.neighbours}, {self.neighbour_candidates}, "
+                             f"{self.neighbour_temperature}")

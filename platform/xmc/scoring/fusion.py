@@ -32,16 +32,28 @@ class Calibration:
     de_weight: float = 1.0
     cold_start_offset: float = 0.0
     clf_untrained: str = "table"
+    neighbour_weight: float = 0.0
 
 
 #: The :class:`~xmc.models.config.HeadsConfig` fields a calibration sets (calibration.json's "selected" keys).
 SETTINGS = tuple(field.name for field in fields(Calibration))
+#: Settings a calibration made before they existed does not name; it chose them as these (the channel off).
+ADDED_SETTINGS = {"neighbour_weight": 0.0}
 
 
 def apply(heads, chosen: dict) -> None:
     """Set a calibration (a mapping with every name of :data:`SETTINGS`) on a ``HeadsConfig``."""
     for name in SETTINGS:
         setattr(heads, name, chosen[name])
+
+
+def rerank(indices: np.ndarray, scores: np.ndarray, extra: np.ndarray, weight: float
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates ``indices`` re-ranked by ``scores + weight · extra`` (a channel scored on the candidates
+    only, such as :mod:`xmc.scoring.neighbours`), best first, −1 ids last: ``(indices, scores)``."""
+    combined = np.where(indices >= 0, scores + np.float32(weight) * extra, -np.inf).astype(np.float32)
+    order = np.argsort(-combined, axis=1, kind="stable")
+    return np.take_along_axis(indices, order, axis=1), np.take_along_axis(combined, order, axis=1)
 
 
 def has_offset_column(cold_start_offset: float) -> bool:
@@ -82,4 +94,7 @@ def score_formula(heads, classifier: bool) -> str:
     formula = f"fused: {de} + cos_CLF" if classifier else de
     if has_offset_column(heads.cold_start_offset):
         formula += f" + {heads.cold_start_offset:g} * [label without training positives]"
+    if heads.neighbour_weight:
+        formula += (f", its top {heads.neighbour_candidates} re-ranked + {heads.neighbour_weight:g} * "
+                    f"[weight of the {heads.neighbours} nearest training queries tagged with the label]")
     return formula

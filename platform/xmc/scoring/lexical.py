@@ -8,7 +8,7 @@ own text's, so a label without training queries is matched by its text alone. Th
 pieces of the token cache (no second tokenizer), the IDF counted on the training queries.
 
 It re-ranks the neural model's candidates: ``fused + lexical_weight · lexical`` over each query's top
-candidates, with the weight chosen on a validation hold-out.
+candidates (:func:`xmc.scoring.fusion.rerank`), with the weight chosen on a validation hold-out.
 """
 
 from __future__ import annotations
@@ -77,10 +77,3 @@ class LexicalChannel:
         out[valid] = np.asarray(queries[rows].multiply(self.labels[labels]).sum(axis=1)).ravel()
         return out
 
-
-def rerank(indices: np.ndarray, scores: np.ndarray, lexical: np.ndarray, weight: float
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """The candidates by ``scores + weight · lexical``, best first (−1 ids last): ``(indices, scores)``."""
-    combined = np.where(indices >= 0, scores + weight * lexical, -np.inf).astype(np.float32)
-    order = np.argsort(-combined, axis=1, kind="stable")
-    return np.take_along_axis(indices, order, axis=1), np.take_along_axis(combined, order, axis=1)

@@ -306,6 +306,14 @@ class ScoringModel:
         embed = self.model.embed_both if self.has_classifier else self.model.embed_de
         return self.encode(embed, self._as_tokens(queries), rows)
 
+    def query_de_source(self, queries: Sequence[str] | TokenArrays, rows: np.ndarray) -> VectorSource:
+        """The DE query vectors of ``rows`` of raw texts or token arrays as a source, made a chunk at a time
+        by this worker alone (not a collective): what a memory of training queries is indexed from
+        (:mod:`xmc.scoring.neighbours`)."""
+        tokens, rows = self._as_tokens(queries), np.asarray(rows, dtype=np.int64)
+        return VectorSource(len(rows), lambda positions: self._encode_own(self.model.embed_de, tokens,
+                                                                          rows[positions]), self.de_dim)
+
     def query_vectors(self, queries: Sequence[str] | TokenArrays,
                       rows: np.ndarray | None = None) -> np.ndarray:
         """The vectors the label index is searched with: ``[q_DE ; q_CLF]`` folded with the offset column."""

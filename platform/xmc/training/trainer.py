@@ -38,6 +38,7 @@ from xmc.experiment import ExperimentConfig
 from xmc.memory import PhaseMeter
 from xmc.mining.batches import BatchPlan
 from xmc.scoring.model import ScoringModel
+from xmc.scoring.neighbours import training_memory
 from xmc.training.adapt import adapt_to_data
 from xmc.training.checkpoint import CheckpointManager
 from xmc.training.data import TrainingData
@@ -255,9 +256,13 @@ class Trainer:
         else:
             name, rows = "test", None
         with self.meter.phase("evaluation"):
+            neighbours = None
+            if self.scoring.heads.neighbour_weight and self.rank == 0:  # the channel ranks on rank 0
+                neighbours = training_memory(self.scoring, self.data.cache.arrays("train"), split.train_rows,
+                                             self.data.dataset.label_matrix("train"), self.config.eval.ann)
             result = evaluate_model(self.scoring, self.data.dataset, self.data.cache.arrays(name), name, rows,
                                     self.config.eval, self.config.dataset, split.propensity_rows,
-                                    seed=self.config.train.seed)
+                                    seed=self.config.train.seed, neighbours=neighbours)
         if result is None:
             return None
         metrics, fused = result
