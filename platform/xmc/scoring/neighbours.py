@@ -38,13 +38,11 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 def neighbour_weights(similarities: np.ndarray, temperature: float) -> np.ndarray:
-    """``[n, K]`` softmax of each row's neighbour cosines at ``temperature``; missing neighbours (−inf or
-    NaN similarity, as faiss pads) weigh 0, and a row with none is all 0."""
-    similarities = np.asarray(similarities, dtype=np.float64)
-    present = np.isfinite(similarities) & (similarities > -1e30)
-    logits = np.where(present, similarities / temperature, -np.inf)
-    top = np.max(np.where(present, logits, -np.inf), axis=1, keepdims=True)
-    weights = np.where(present, np.exp(logits - np.where(np.isfinite(top), top, 0.0)), 0.0)
+    """``[n, K]`` softmax of each row's neighbour cosines at ``temperature``; a missing neighbour (similarity
+    −inf) weighs 0, and a row with none is all 0."""
+    logits = np.asarray(similarities, dtype=np.float64) / temperature
+    top = logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
     total = weights.sum(axis=1, keepdims=True)
     return (weights / np.where(total > 0, total, 1.0)).astype(np.float32)
 
@@ -55,7 +53,7 @@ def candidate_scores(weights: np.ndarray, rows: np.ndarray, labels: sp.csr_matri
     candidates[i, c]]``. ``rows``: the neighbours' rows of ``labels`` (−1: none); candidate ids −1 score 0, as
     do ids past ``labels``' columns (labels added after training: no training query is tagged with them)."""
     weights, rows, candidates = np.asarray(weights), np.asarray(rows), np.asarray(candidates)
-    n, k = rows.shape
+    n = len(rows)
     valid = rows >= 0
     spread = sp.csr_matrix((weights[valid], (np.repeat(np.arange(n), valid.sum(axis=1)), rows[valid])),
                            shape=(n, labels.shape[0]))
