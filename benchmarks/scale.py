@@ -175,9 +175,11 @@ def history_phases(run: Path) -> dict[str, dict]:
 
 def pipeline(work: Path, labels: int, queries: int, workers: int, shards: int, steps: int, encoder: Path,
              vocabulary: list[str], serve_queries: int, resume: bool = True, export: bool = True,
-             shards_per_replica: int = 1) -> dict:
+             shards_per_replica: int = 1, reuse_runs: bool = False) -> dict:
     """Every step of the module docstring at one (labels, workers) in ``work``; ``serve_queries`` 0 skips
-    serving, ``resume`` False the resumed run, ``export`` False the export and serving."""
+    serving, ``resume`` False the resumed run, ``export`` False the export and serving; ``reuse_runs`` keeps
+    a finished run an earlier invocation left in ``work`` (its history gives the training phases) instead of
+    training again."""
     name = f"L{labels}-N{queries}"
     data = work / "data" / name
     source = synthetic_source(data / "source", labels, queries, vocabulary)
@@ -188,11 +190,17 @@ def pipeline(work: Path, labels: int, queries: int, workers: int, shards: int, s
     record["seconds"]["prepare"], record["prepare_peak_rss_mib"] = seconds, peak
     run_name = f"{name}-W{workers}"
     run = work / "runs" / run_name
-    shutil.rmtree(run, ignore_errors=True)  # a fresh run, never one resumed from an earlier invocation
-    for label, epochs in (("train", 2), ("resume", 3))[:2 if resume else 1]:
-        seconds, _, _ = run_job(train_settings(work, data / "prepared", encoder, workers, steps, run_name,
-                                               epochs), work / "logs" / f"{run_name}-{label}.log")
-        record["seconds"][label] = seconds
+    epochs = 3 if resume else 2
+    finished = (run / "history.jsonl").is_file() and \
+        len((run / "history.jsonl").read_text().splitlines()) == epochs
+    if reuse_runs and finished:
+        record["reused_run"] = str(run)  # its training phases, measured by the invocation that trained it
+    else:
+        shutil.rmtree(run, ignore_errors=True)  # a fresh run, never one resumed from an earlier invocation
+        for label, epochs in (("train", 2), ("resume", 3))[:2 if resume else 1]:
+            seconds, _, _ = run_job(train_settings(work, data / "prepared", encoder, workers, steps, run_name,
+                                                   epochs), work / "logs" / f"{run_name}-{label}.log")
+            record["seconds"][label] = seconds
     record["phases"] = history_phases(run)
     metrics = json.loads((run / "metrics.json").read_text())
     record["test"] = {key: metrics.get(key) for key in ("P@1", "P@5", "R@10")}
@@ -391,6 +399,9 @@ def main() -> int:
                         help="only the serving step, on a bundle of an earlier run and its prepared dataset")
     parser.add_argument("--skip-resume", action="store_true", help="no resumed run (no restore phase)")
     parser.add_argument("--skip-export", action="store_true", help="no export (and so no serving)")
+    parser.add_argument("--reuse-runs", action="store_true",
+                        help="keep the finished training runs an earlier invocation left in --work (after a "
+                             "later step failed): export and serve them again without training")
     parser.add_argument("--work", type=Path, default=WORK, help="where data, runs and bundles go")
     parser.add_argument("--out", type=Path, help="where the JSON report is also written (Ray's own output "
                                                  "shares stdout; default WORK/report.json)")
@@ -420,7 +431,8 @@ def main() -> int:
         for workers in args.workers:
             record = pipeline(args.work, labels, args.queries, workers, args.shards, args.steps, encoder,
                               vocabulary, args.serve_queries, resume=not args.skip_resume,
-                              export=not args.skip_export, shards_per_replica=args.shards_per_replica)
+                              export=not args.skip_export, shards_per_replica=args.shards_per_replica,
+                              reuse_runs=args.reuse_runs)
             report["runs"].append(record)
             print(json.dumps(record), file=sys.stderr, flush=True)
             write_json(args.out, report)  # what is done so far survives a later failure

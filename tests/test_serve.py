@@ -230,22 +230,29 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(served, body, status, me
     assert message in reply.json()["error"], reply.json()
 
 
-def test_an_ingress_holding_the_shards_answers_as_the_sharded_app(served, bundles, trained_run):
-    """shards_in_ingress: one deployment, no shard replica; the same answers as offline (and as the app
-    with shard deployments, which the test above compares with offline)."""
+@pytest.mark.parametrize("variant", ["shards in the ingress", "neighbour channel"])
+def test_other_deployments_answer_as_the_offline_predictor(served, bundles, trained_run, tmp_path, variant):
+    """shards_in_ingress: one deployment, no shard replica. A bundle with the query-neighbour channel: each
+    shard returns its top 100, the ingress merges and re-ranks them. Both answer as the offline Predictor."""
     from ray import serve
 
     from xmc import Predictor
     from xmc.data.dataset import PreparedDataset
 
     app_module = _serve_app()
+    bundle, args = bundles[0], {"shards_in_ingress": True}
+    if variant == "neighbour channel":
+        bundle, args = tmp_path / "neighbours", {}
+        run_job("export.py", "--run", str(trained_run), "--shards", "2", "--out", str(bundle),
+                "--set", "neighbour_weight=0.5")
+        assert Bundle(bundle).manifest["neighbours"]["queries"] == N_TRAIN
     texts = PreparedDataset(trained_run.parent.parent / "prepared").texts("test")[:40]
-    offline_ids, offline_scores = Predictor.from_bundle(bundles[0]).topk(texts, 10)
-    serve.run(app_module.app({"bundle": str(bundles[0]), "shards_in_ingress": True}), name="xmc-here",
-              route_prefix="/here")
+    offline_ids, offline_scores = Predictor.from_bundle(bundle).topk(texts, 10)
+    serve.run(app_module.app({"bundle": str(bundle), **args}), name="xmc-other", route_prefix="/other")
     try:
-        assert set(serve.status().applications["xmc-here"].deployments) == {"Ingress"}
-        reply = requests.post(f"{served}/here/v1/predict", json={"texts": texts, "k": 10}, timeout=60)
+        deployments = set(serve.status().applications["xmc-other"].deployments)
+        assert deployments == ({"Ingress"} if args else {"Ingress", "IndexShard0", "IndexShard1"})
+        reply = requests.post(f"{served}/other/v1/predict", json={"texts": texts, "k": 10}, timeout=60)
         assert reply.status_code == 200, reply.text
         rows = reply.json()["results"]
         served_ids = np.array([[hit["id"] for hit in row] for row in rows])
@@ -253,7 +260,7 @@ def test_an_ingress_holding_the_shards_answers_as_the_sharded_app(served, bundle
         assert served_ids.shape == (len(texts), 10)
         assert assert_same_ranking(served_ids, served_scores, offline_ids, offline_scores).mean() < 0.01
     finally:
-        serve.delete("xmc-here")
+        serve.delete("xmc-other")
 
 
 def test_hot_swap_under_load_drops_no_request(served, bundles):
