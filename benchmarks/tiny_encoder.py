@@ -33,6 +33,25 @@ def write_tiny_encoder(out: Path, source: Path, hidden_size: int = 32) -> Path:
     return out
 
 
+def write_first_layers(out: Path, source: Path, layers: int = 1) -> Path:
+    """The ``source`` model cut to its first ``layers`` transformer layers, with its own weights (embeddings
+    and those layers). ``benchmarks/scale.py`` encodes with MiniLM's first layer: a random layer maps every
+    text to nearly the same direction (cosines of unrelated texts near 0.85), where ANN recall and IVF
+    list sizes are unlike a real encoder's; a pre-trained layer spreads them as a trained encoder does."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(str(source))
+    config.update({"num_hidden_layers": layers})
+    model = AutoModel.from_config(config)
+    missing, _ = model.load_state_dict(AutoModel.from_pretrained(str(source)).state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"{source}: the first {layers} layers lack {missing}")
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    load_tokenizer(source).save_pretrained(str(out))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -135,6 +135,45 @@ def test_token_cache_matches_the_tokenizer(cooking_prepared):
             and mask.sum().item() == lengths[0] + lengths[17])
 
 
+def test_taking_spread_rows_reads_them_without_keeping_the_file_resident(cooking_prepared, tmp_path,
+                                                                         monkeypatch):
+    """A shard's labels (every 4th row, in any order, with repeats) come out equal to indexing the memory map,
+    across read windows; and from a large file the reader holds those rows and a window, not the file."""
+    from xmc.data import tokens
+    from xmc.memory import PhaseMeter, resident_mib
+
+    cache = PreparedDataset(cooking_prepared).token_cache(resolve_model_dir("default"), 16, "title", "title",
+                                                          progress=False)
+    monkeypatch.setattr(tokens, "TAKE_WINDOW_BYTES", 64 * 16 * 4)  # 64 rows a window: many windows
+    ids, lengths = cache.arrays("test")
+    rows = np.concatenate([np.arange(2999, 0, -4), [5, 5, 0]])
+    taken_ids, taken_lengths = cache.take("test", rows)
+    assert np.array_equal(taken_ids, ids[rows]) and np.array_equal(taken_lengths, lengths[rows])
+    assert not isinstance(taken_ids, np.memmap)
+
+    meter = PhaseMeter()
+    if not meter.resettable:
+        pytest.skip("this kernel does not let a process reset its peak memory mark")
+    monkeypatch.setattr(tokens, "TAKE_WINDOW_BYTES", 4 << 20)
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "meta.json").write_text(json.dumps({"max_len": 64, "pad_id": 0}))
+    rng = np.random.default_rng(0)
+    file_ids = np.lib.format.open_memmap(big / "labels.ids.npy", mode="w+", dtype=np.int32,
+                                         shape=(1_000_000, 64))  # 244 MiB
+    file_ids[:] = rng.integers(0, 30000, (1_000_000, 64), dtype=np.int32)
+    file_ids.flush()
+    del file_ids
+    np.save(big / "labels.len.npy", np.full(1_000_000, 64, dtype=np.int32))
+    rows = np.arange(3, 1_000_000, 4)
+    with meter.phase("take"):
+        base = resident_mib()
+        taken, _ = tokens.TokenCache(big).take("labels", rows)
+    grew = meter.take()["take"]["peak_rss_mib"] - base
+    assert np.array_equal(taken[[0, -1]], np.load(big / "labels.ids.npy", mmap_mode="r")[[3, 999_999]])
+    assert grew < 244 / 4 + 20, grew  # its quarter (61 MiB) and a window, not the file's 244 MiB
+
+
 MEMORY_PROBE = r"""
 import json, sys
 from xmc.data.prepare import prepare_dataset

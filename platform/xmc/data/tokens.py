@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "test", "labels")
 _BATCH = 4096
+#: Bytes of token ids read at once by :meth:`TokenCache.take`.
+TAKE_WINDOW_BYTES = 4 << 20
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
@@ -133,6 +136,30 @@ class TokenCache:
             lengths = np.load(self.directory / f"{split}.len.npy")
             self._arrays[split] = (ids, lengths)
         return self._arrays[split]
+
+    def take(self, split: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, lengths)`` of ``rows`` of a split, copied out of the file a window at a time by plain
+        reads. Rows spread over the whole split (a shard's labels, every S-th one) touch every page of the
+        file: through the memory map each page would stay resident in this process, a second copy of the
+        split's tokens beside the rows; read into a bounded window instead, they never are."""
+        rows = np.asarray(rows, dtype=np.int64)
+        path = self.directory / f"{split}.ids.npy"
+        mapped = np.load(path, mmap_mode="r")  # for its layout only: no page is read
+        offset, (count, width), dtype = mapped.offset, mapped.shape, mapped.dtype
+        del mapped
+        row_bytes = width * dtype.itemsize
+        window = max(1, TAKE_WINDOW_BYTES // row_bytes)
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        out = np.empty((len(rows), width), dtype=dtype)
+        with open(path, "rb") as handle:
+            for first in (np.unique(ordered // window) * window).tolist():
+                size = min(window, count - first)
+                read = os.pread(handle.fileno(), size * row_bytes, offset + first * row_bytes)
+                block = np.frombuffer(read, dtype=dtype).reshape(size, width)
+                low, high = np.searchsorted(ordered, [first, first + size])
+                out[order[low:high]] = block[ordered[low:high] - first]
+        return out, np.load(self.directory / f"{split}.len.npy", mmap_mode="r")[rows]
 
     def batch(self, split: str, rows: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor"]:
         """``(input_ids, attention_mask)`` for ``rows``, cut to the longest of them."""

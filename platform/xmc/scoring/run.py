@@ -80,10 +80,9 @@ class TrainedRun:
         # a checkpoint records its cold-start labels; for one of an older layout, the run's config and
         # dataset define them
         recorded = ckpt.has_state(self.checkpoint, ckpt.LABELS)
-        tokens = self.token_cache().arrays("labels")
-        if subset is not None:
-            # a copy of the subset's rows: the token cache's pages of every other label are not kept mapped
-            tokens = (np.ascontiguousarray(tokens[0][subset]), tokens[1][subset])
+        cache = self.token_cache()
+        # a subset model holds a copy of its labels' rows, read so that the other labels' never stay resident
+        tokens = cache.arrays("labels") if subset is None else cache.take("labels", subset)
         return ScoringModel.from_checkpoint(
             self.checkpoint, self.config, self.dataset.num_labels, label_tokens=tokens,
             cold_start=None if recorded else self.split.cold_start_labels(self.dataset), device=device,
