@@ -176,11 +176,11 @@ def history_phases(run: Path) -> dict[str, dict]:
 
 def pipeline(work: Path, labels: int, queries: int, workers: int, shards: int, steps: int, encoder: Path,
              vocabulary: list[str], serve_queries: int, resume: bool = True, export: bool = True,
-             shards_per_replica: int = 1, reuse_runs: bool = False) -> dict:
+             shards_per_replica: int = 1, reuse_runs: bool = False, ef_search: int = 128) -> dict:
     """Every step of the module docstring at one (labels, workers) in ``work``; ``serve_queries`` 0 skips
     serving, ``resume`` False the resumed run, ``export`` False the export and serving; ``reuse_runs`` keeps
-    a finished run an earlier invocation left in ``work`` (its history gives the training phases) instead of
-    training again."""
+    a finished run an earlier invocation left in ``work`` (its history gives the training phases; one that
+    also resumed serves a call without ``resume``) instead of training again."""
     name = f"L{labels}-N{queries}"
     data = work / "data" / name
     source = synthetic_source(data / "source", labels, queries, vocabulary)
@@ -193,7 +193,7 @@ def pipeline(work: Path, labels: int, queries: int, workers: int, shards: int, s
     run = work / "runs" / run_name
     epochs = 3 if resume else 2
     finished = (run / "history.jsonl").is_file() and \
-        len((run / "history.jsonl").read_text().splitlines()) == epochs
+        len((run / "history.jsonl").read_text().splitlines()) >= epochs
     if reuse_runs and finished:
         record["reused_run"] = str(run)  # its training phases, measured by the invocation that trained it
     else:
@@ -209,7 +209,8 @@ def pipeline(work: Path, labels: int, queries: int, workers: int, shards: int, s
         return record
     bundle = work / "bundles" / run_name
     seconds, _, out = run_job(["jobs/export.py", "--run", str(run), "--out", str(bundle), "--shards",
-                               str(shards), "--set", f"workers={workers}", "--set", "ann.hnsw_ef_search=128"],
+                               str(shards), "--set", f"workers={workers}",
+                               "--set", f"ann.hnsw_ef_search={ef_search}"],
                               work / "logs" / f"{run_name}-export.log")
     built = json.loads(out[out.index("{"):])["shards_built"]
     record["seconds"]["export"] = seconds
@@ -398,6 +399,8 @@ def main() -> int:
     parser.add_argument("--shards-per-replica", type=int, default=1, help="index shards per Serve replica")
     parser.add_argument("--serve-only", type=Path, nargs=2, metavar=("BUNDLE", "PREPARED"),
                         help="only the serving step, on a bundle of an earlier run and its prepared dataset")
+    parser.add_argument("--ef-search", type=int, default=128,
+                        help="the HNSW shards' efSearch (candidates kept per search): recall against latency")
     parser.add_argument("--skip-resume", action="store_true", help="no resumed run (no restore phase)")
     parser.add_argument("--skip-export", action="store_true", help="no export (and so no serving)")
     parser.add_argument("--reuse-runs", action="store_true",
@@ -433,7 +436,7 @@ def main() -> int:
             record = pipeline(args.work, labels, args.queries, workers, args.shards, args.steps, encoder,
                               vocabulary, args.serve_queries, resume=not args.skip_resume,
                               export=not args.skip_export, shards_per_replica=args.shards_per_replica,
-                              reuse_runs=args.reuse_runs)
+                              reuse_runs=args.reuse_runs, ef_search=args.ef_search)
             report["runs"].append(record)
             print(json.dumps(record), file=sys.stderr, flush=True)
             write_json(args.out, report)  # what is done so far survives a later failure

@@ -76,7 +76,8 @@ def test_a_dataset_file_of_source_and_text_fields_trains_with_adapted_settings(c
     assert written["dataset"]["prepared"] == str(tmp_path / "data" / "new-set")
     assert written["dataset"]["max_len"] > 0 and written["dataset"]["label_max_len"] > 0
     assert set(written["adapted"]) == {"dataset.max_len", "dataset.label_max_len", "model.de_weight",
-                                       "model.cold_start_offset", "model.clf_untrained"}
+                                       "model.cold_start_offset", "model.clf_untrained",
+                                       "model.neighbour_weight"}
     assert written["adapted"]["dataset.max_len"].startswith(f"{written['dataset']['max_len']}: ")
     # with a hold-out, the fused score's settings were chosen on it when training ended, for export
     calibration = json.loads((tmp_path / "runs" / "new" / "calibration.json").read_text())
