@@ -140,7 +140,6 @@ def test_taking_spread_rows_reads_them_without_keeping_the_file_resident(cooking
     """A shard's labels (every 4th row, in any order, with repeats) come out equal to indexing the memory map,
     across read windows; and from a large file the reader holds those rows and a window, not the file."""
     from xmc.data import tokens
-    from xmc.memory import PhaseMeter, resident_mib
 
     cache = PreparedDataset(cooking_prepared).token_cache(resolve_model_dir("default"), 16, "title", "title",
                                                           progress=False)
@@ -151,27 +150,41 @@ def test_taking_spread_rows_reads_them_without_keeping_the_file_resident(cooking
     assert np.array_equal(taken_ids, ids[rows]) and np.array_equal(taken_lengths, lengths[rows])
     assert not isinstance(taken_ids, np.memmap)
 
-    meter = PhaseMeter()
-    if not meter.resettable:
-        pytest.skip("this kernel does not let a process reset its peak memory mark")
-    monkeypatch.setattr(tokens, "TAKE_WINDOW_BYTES", 4 << 20)
+    # in a fresh interpreter: this process's heap, shaped by every test before this one, stays out of it
     big = tmp_path / "big"
     big.mkdir()
     (big / "meta.json").write_text(json.dumps({"max_len": 64, "pad_id": 0}))
     rng = np.random.default_rng(0)
     file_ids = np.lib.format.open_memmap(big / "labels.ids.npy", mode="w+", dtype=np.int32,
                                          shape=(1_000_000, 64))  # 244 MiB
-    file_ids[:] = rng.integers(0, 30000, (1_000_000, 64), dtype=np.int32)
+    for first in range(0, 1_000_000, 100_000):
+        file_ids[first:first + 100_000] = rng.integers(0, 30000, (100_000, 64), dtype=np.int32)
     file_ids.flush()
     del file_ids
     np.save(big / "labels.len.npy", np.full(1_000_000, 64, dtype=np.int32))
-    rows = np.arange(3, 1_000_000, 4)
-    with meter.phase("take"):
-        base = resident_mib()
-        taken, _ = tokens.TokenCache(big).take("labels", rows)
-    grew = meter.take()["take"]["peak_rss_mib"] - base
-    assert np.array_equal(taken[[0, -1]], np.load(big / "labels.ids.npy", mmap_mode="r")[[3, 999_999]])
-    assert grew < 244 / 4 + 20, grew  # its quarter (61 MiB) and a window, not the file's 244 MiB
+    proc = subprocess.run([sys.executable, "-c", TAKE_PROBE, str(big)], capture_output=True, text=True,
+                          check=True, cwd=REPO)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    if report is None:
+        pytest.skip("this kernel does not let a process reset its peak memory mark")
+    assert report["ends"] == np.load(big / "labels.ids.npy", mmap_mode="r")[[3, 999_999]].tolist()
+    assert report["grew_mib"] < 244 / 4 + 20, report  # its quarter (61 MiB) and a window, not the file's
+
+
+TAKE_PROBE = r"""
+import json, sys
+import numpy as np
+from xmc.data.tokens import TokenCache
+from xmc.memory import PhaseMeter, resident_mib
+meter = PhaseMeter()
+if not meter.resettable:
+    print(json.dumps(None))
+    sys.exit(0)
+with meter.phase("take"):
+    base = resident_mib()
+    taken, _ = TokenCache(sys.argv[1]).take("labels", np.arange(3, 1_000_000, 4))
+print(json.dumps({"grew_mib": meter.take()["take"]["peak_rss_mib"] - base, "ends": taken[[0, -1]].tolist()}))
+"""
 
 
 MEMORY_PROBE = r"""

@@ -114,6 +114,12 @@ def test_corrupt_or_partial_bundle_is_refused_by_name(bundles, tmp_path):
 # Serve
 
 
+#: The replicas' CPU reservations: half of the test Ray's 2 CPUs for the app under test, so that a second app
+#: fits beside it (with the defaults, 1 + 2 x 0.5, the first takes both, and a second one's replicas wait for
+#: CPUs forever, holding `serve.run`).
+CPUS = {"ingress_cpus": 0.5, "shard_cpus": 0.25}
+
+
 @pytest.fixture(scope="module")
 def served(bundles, ray_session):
     """The app serving the final bundle on 127.0.0.1; yields its base URL."""
@@ -122,7 +128,8 @@ def served(bundles, ray_session):
     sys_path_app = _serve_app()
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(sys_path_app.app({"bundle": str(bundles[0]), "shards": 2}), name="xmc", route_prefix="/")
+    serve.run(sys_path_app.app({"bundle": str(bundles[0]), "shards": 2, **CPUS}), name="xmc",
+              route_prefix="/")
     yield f"http://127.0.0.1:{sys_path_app.http_port(port)}"
     serve.delete("xmc")
 
@@ -248,7 +255,8 @@ def test_other_deployments_answer_as_the_offline_predictor(served, bundles, trai
         assert Bundle(bundle).manifest["neighbours"]["queries"] == N_TRAIN
     texts = PreparedDataset(trained_run.parent.parent / "prepared").texts("test")[:40]
     offline_ids, offline_scores = Predictor.from_bundle(bundle).topk(texts, 10)
-    serve.run(app_module.app({"bundle": str(bundle), **args}), name="xmc-other", route_prefix="/other")
+    serve.run(app_module.app({"bundle": str(bundle), **args, **CPUS}), name="xmc-other",
+              route_prefix="/other")
     try:
         deployments = set(serve.status().applications["xmc-other"].deployments)
         assert deployments == ({"Ingress"} if args else {"Ingress", "IndexShard0", "IndexShard1"})
@@ -291,7 +299,7 @@ def test_hot_swap_under_load_drops_no_request(served, bundles):
         thread.start()
     time.sleep(2)
     swap_started = time.monotonic()
-    serve.run(app_module.app({"bundle": str(bundles[1]), "shards": 2}), name="xmc", route_prefix="/")
+    serve.run(app_module.app({"bundle": str(bundles[1]), "shards": 2, **CPUS}), name="xmc", route_prefix="/")
     swapped = time.monotonic()
     time.sleep(3)
     stop.set()
