@@ -152,7 +152,11 @@ def test_jobs_submitted_from_a_copy_the_cluster_never_saw(cluster, dataset, tiny
     def submit(*job: str) -> str:
         command = ["ray", "job", "submit", "--address", cluster.dashboard, "--working-dir", str(copy), "--",
                    sys.executable, *job]
-        proc = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=600)
+        for _ in range(6):  # a loaded machine may not have the job agent registered yet: Ray says to retry
+            proc = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent to submit job" not in proc.stderr:
+                break
+            time.sleep(10)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout
 

@@ -25,6 +25,11 @@ pytestmark = pytest.mark.integration
 #: peak at a hundred thousand labels; one gathered copy of every label's vector would add 1536 bytes a label,
 #: a ratio of at least 1.33 in the phase that holds the most (evaluation).
 TOLERANCE = 1.25
+#: ...and at least this much above the ideal, in MiB: the run-to-run spread of a phase's peak. It matters only
+#: for the initialisation, whose ideal (one row a label held) is small enough here that the spread alone has
+#: gone past TOLERANCE (benchmarks/results/scale_synthetic-1.3M_cpu2_2026-12-07.md); a table gathered whole
+#: would still exceed it (the other half of the table, 73 MiB, at two workers).
+NOISE_MIB = 40
 
 
 def test_two_workers_hold_half_of_the_label_state_in_every_training_phase(tmp_path):
@@ -39,7 +44,8 @@ def test_two_workers_hold_half_of_the_label_state_in_every_training_phase(tmp_pa
     phases = report["label_state"]["2"]
     assert {"initialise", "steps", "mining", "evaluation", "checkpoint"} <= phases.keys()
     for name, phase in phases.items():
-        assert phase["ratio"] <= TOLERANCE, (name, phase)
+        allowed = max((TOLERANCE - 1) * phase["ideal_mib"], NOISE_MIB)
+        assert phase["measured_mib"] - phase["ideal_mib"] <= allowed, (name, phase)
     # and the labels did cost memory: the measurement is not of nothing
     assert phases["evaluation"]["measured_mib"] > 100
     for run in report["runs"]:
