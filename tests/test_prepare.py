@@ -168,7 +168,9 @@ def test_taking_spread_rows_reads_them_without_keeping_the_file_resident(cooking
     if report is None:
         pytest.skip("this kernel does not let a process reset its peak memory mark")
     assert report["ends"] == np.load(big / "labels.ids.npy", mmap_mode="r")[[3, 999_999]].tolist()
-    assert report["grew_mib"] < 244 / 4 + 20, report  # its quarter (61 MiB) and a window, not the file's
+    # its quarter (61 MiB), a read window, the row order and the lengths file: far under the file's 244 MiB
+    # that a memory-mapped read of every 4th row keeps resident
+    assert report["grew_mib"] < 244 / 4 + 50, report
 
 
 TAKE_PROBE = r"""
