@@ -146,7 +146,7 @@ def run_job(args: list[str], log: Path) -> tuple[float, float, str]:
 
 
 def train_settings(work: Path, prepared: Path, encoder: Path, workers: int, steps: int, name: str,
-                   epochs: int) -> list[str]:
+                   epochs: int, extra: tuple[str, ...] = ()) -> list[str]:
     threads = max(1, (os.cpu_count() or 1) // workers)
     # IVF above a million labels (mining and evaluation rebuild it): 1,024 lists trained on 39 points each
     # keep a CPU's k-means affordable; the default 4·sqrt(n) lists of 256 points are sized for a GPU
@@ -159,6 +159,7 @@ def train_settings(work: Path, prepared: Path, encoder: Path, workers: int, step
                 "mining.shortlist_size=16", *[f"mining.{a}" for a in ann], *[f"eval.{a}" for a in ann]]
     if epochs > 2:
         settings.append("mining.refresh_every=100")  # the resumed run: restore, steps, evaluation
+    settings.extend(extra)
     return ["jobs/train.py", "--config", str(REPO / "configs/demo.yaml"),
             *[flag for setting in settings for flag in ("--set", setting)]]
 
@@ -176,11 +177,13 @@ def history_phases(run: Path) -> dict[str, dict]:
 
 def pipeline(work: Path, labels: int, queries: int, workers: int, shards: int, steps: int, encoder: Path,
              vocabulary: list[str], serve_queries: int, resume: bool = True, export: bool = True,
-             shards_per_replica: int = 1, reuse_runs: bool = False, ef_search: int = 128) -> dict:
+             shards_per_replica: int = 1, reuse_runs: bool = False, ef_search: int = 128,
+             train_extra: tuple[str, ...] = ()) -> dict:
     """Every step of the module docstring at one (labels, workers) in ``work``; ``serve_queries`` 0 skips
     serving, ``resume`` False the resumed run, ``export`` False the export and serving; ``reuse_runs`` keeps
     a finished run an earlier invocation left in ``work`` (its history gives the training phases; one that
-    also resumed serves a call without ``resume``) instead of training again."""
+    also resumed serves a call without ``resume``) instead of training again; ``train_extra`` are more
+    ``--set`` settings of the training runs."""
     name = f"L{labels}-N{queries}"
     data = work / "data" / name
     source = synthetic_source(data / "source", labels, queries, vocabulary)
@@ -200,7 +203,8 @@ def pipeline(work: Path, labels: int, queries: int, workers: int, shards: int, s
         shutil.rmtree(run, ignore_errors=True)  # a fresh run, never one resumed from an earlier invocation
         for label, epochs in (("train", 2), ("resume", 3))[:2 if resume else 1]:
             seconds, _, _ = run_job(train_settings(work, data / "prepared", encoder, workers, steps, run_name,
-                                                   epochs), work / "logs" / f"{run_name}-{label}.log")
+                                                   epochs, train_extra),
+                                    work / "logs" / f"{run_name}-{label}.log")
             record["seconds"][label] = seconds
     record["phases"] = history_phases(run)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -406,6 +410,8 @@ def main() -> int:
     parser.add_argument("--reuse-runs", action="store_true",
                         help="keep the finished training runs an earlier invocation left in --work (after a "
                              "later step failed): export and serve them again without training")
+    parser.add_argument("--set", dest="train_extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the training runs on top of the benchmark's (repeatable)")
     parser.add_argument("--work", type=Path, default=WORK, help="where data, runs and bundles go")
     parser.add_argument("--out", type=Path, help="where the JSON report is also written (Ray's own output "
                                                  "shares stdout; default WORK/report.json)")
@@ -436,7 +442,8 @@ def main() -> int:
             record = pipeline(args.work, labels, args.queries, workers, args.shards, args.steps, encoder,
                               vocabulary, args.serve_queries, resume=not args.skip_resume,
                               export=not args.skip_export, shards_per_replica=args.shards_per_replica,
-                              reuse_runs=args.reuse_runs, ef_search=args.ef_search)
+                              reuse_runs=args.reuse_runs, ef_search=args.ef_search,
+                              train_extra=tuple(args.train_extra))
             report["runs"].append(record)
             print(json.dumps(record), file=sys.stderr, flush=True)
             write_json(args.out, report)  # what is done so far survives a later failure
