@@ -59,18 +59,19 @@ class VectorSource:
         rows = self.chunk_rows()
         start = 0
         if first is not None:
+            start, rows = len(first), self.chunk_rows(first.shape[1])
             yield first
-            start = len(first)
-            rows = self.chunk_rows(first.shape[1])
+            first = None  # consumed: not held beside the chunks that follow
         while start < self.count:
             chunk = np.ascontiguousarray(self.fetch(np.arange(start, min(start + rows, self.count))),
                                          dtype=np.float32)
+            start, rows = start + len(chunk), self.chunk_rows(chunk.shape[1])
             yield chunk
-            # the chunk is consumed: hand back what making it freed, or the C library's heap grows with the
-            # number of chunks and the peak with the number of labels (xmc.memory)
+            # the chunk is consumed: let it go before the next is made, and hand back what making it freed,
+            # or the C library's heap grows with the number of chunks and the peak with the number of labels
+            # (xmc.memory)
+            del chunk
             release_freed_memory()
-            start += len(chunk)
-            rows = self.chunk_rows(chunk.shape[1])
 
 
 def as_source(vectors: np.ndarray | VectorSource) -> VectorSource:
@@ -208,9 +209,11 @@ def build_index(vectors: np.ndarray | VectorSource, config: AnnConfig | None = N
             positions = np.random.default_rng(seed).choice(n, size, replace=False)
         sample = np.ascontiguousarray(source.fetch(positions), dtype=np.float32)
         first = None
-    else:  # the first chunk tells the width
+    elif not source.dim:  # the first chunk tells the width
         first = np.ascontiguousarray(source.fetch(np.arange(min(n, source.chunk_rows()))), dtype=np.float32)
-    dim = (sample if sample is not None else first).shape[1]
+    else:
+        first = None  # the width is known: the index is made before any chunk
+    dim = sample.shape[1] if sample is not None else first.shape[1] if first is not None else source.dim
     to_gpu = on_gpu and kind in ("flat", "ivf") and faiss_gpu  # then the vectors are added on the GPU
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
@@ -233,10 +236,13 @@ def build_index(vectors: np.ndarray | VectorSource, config: AnnConfig | None = N
     if to_gpu:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), torch.device(device).index or 0, index)
     if n:
-        for chunk in source.chunks(first):
+        chunks = source.chunks(first)
+        del first  # the generator holds it until it is added, no longer
+        for chunk in chunks:
             index.add(chunk)
             if digest is not None:
-                digest.update(chunk.tobytes())
+                digest.update(memoryview(chunk))  # the chunk's bytes in place (it is C-contiguous)
+            del chunk  # else it is held while the next one is made
     return index
 
 

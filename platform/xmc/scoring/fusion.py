@@ -69,14 +69,19 @@ def fold_labels(de: np.ndarray, clf: np.ndarray | None, cold_start: np.ndarray, 
 
     ``cold_start`` holds the ids (row positions of ``de``) of the labels without training positives.
     """
-    blocks = [np.asarray(de, dtype=np.float32) * np.float32(de_weight)]
+    # written into one output block by block: an index built a chunk at a time holds this beside itself, so
+    # each weighted or concatenated copy would add to its peak
+    de = np.asarray(de, dtype=np.float32)
+    width = de.shape[1] + (clf.shape[1] if clf is not None else 0)
+    offset_column = has_offset_column(cold_start_offset)
+    out = np.zeros((len(de), width + int(offset_column)), dtype=np.float32)
+    out[:, :de.shape[1]] = de
+    out[:, :de.shape[1]] *= np.float32(de_weight)
     if clf is not None:
-        blocks.append(np.asarray(clf, dtype=np.float32))
-    if has_offset_column(cold_start_offset):
-        column = np.zeros((len(de), 1), dtype=np.float32)
-        column[np.asarray(cold_start, dtype=np.int64)] = cold_start_offset
-        blocks.append(column)
-    return np.ascontiguousarray(np.concatenate(blocks, axis=1))
+        out[:, de.shape[1]:width] = clf
+    if offset_column:
+        out[np.asarray(cold_start, dtype=np.int64), width] = cold_start_offset
+    return out
 
 
 def fold_queries(queries: np.ndarray, cold_start_offset: float) -> np.ndarray:
