@@ -136,6 +136,7 @@ class TorchFlatIndex:
                 self.vectors = torch.empty((source.count, chunk.shape[1]), device=self.device)
             self.vectors[start:start + len(chunk)] = torch.from_numpy(chunk).to(self.device)
             start += len(chunk)
+            del chunk  # else it is held while the next one is made (as in build_index)
         if self.vectors is None:
             self.vectors = torch.empty((0, 0), device=self.device)
         self.ntotal = source.count
